@@ -1,0 +1,251 @@
+"""Records in, token ids out: reading training/eval files, label masking, and truncation that
+cuts the *document* and keeps the template, the task instruction and the response.
+
+The one place where a prompt becomes tokens (`encode`), used by the trainer and the generator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossdefense import UserError
+from crossdefense.io import read_json_or_jsonl
+from crossdefense.prompts import Prompter
+from crossdefense.tasks import split_prompt
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Record:
+    """One instruction-following example; `output` is None for evaluation prompts."""
+
+    id: str
+    instruction: str
+    input: str = ""
+    output: str | None = None
+    reference: str | None = None
+
+
+def _text_field(row: dict, key: str, where: str, required: bool = True) -> str:
+    value = row.get(key, "" if not required else None)
+    if value is None:
+        raise UserError(f"{where}: missing field {key!r}")
+    if not isinstance(value, str):
+        raise UserError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def read_training_records(path: str | Path) -> list[Record]:
+    """An Alpaca-style JSON list or JSONL of {instruction, input, output}."""
+    rows = read_json_or_jsonl(path)
+    if isinstance(rows, dict) and isinstance(rows.get("data"), list):
+        rows = rows["data"]
+    if not isinstance(rows, list):
+        raise UserError(f"{path}: expected a list of {{instruction, input, output}} records")
+    if not rows:
+        raise UserError(f"{path}: no records")
+    records = []
+    for i, row in enumerate(rows):
+        where = f"{path}: record {i}"
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected an object, got {type(row).__name__}")
+        records.append(
+            Record(
+                id=str(row.get("id", i)),
+                instruction=_text_field(row, "instruction", where),
+                input=_text_field(row, "input", where, required=False),
+                output=_text_field(row, "output", where),
+            )
+        )
+    return records
+
+
+def read_eval_records(path: str | Path) -> list[Record]:
+    """Upstream's `{"instructions": [...], "inputs": [...]}` (inputs may be empty, optional
+    `ids`/`references`), or an Alpaca-style record list / JSONL (outputs ignored)."""
+    data = read_json_or_jsonl(path)
+    if isinstance(data, dict):
+        if "instructions" not in data:
+            raise UserError(f"{path}: expected an 'instructions' list (upstream eval schema)")
+        instructions = data["instructions"]
+        inputs = data.get("inputs") or []
+        ids = data.get("ids") or [str(i) for i in range(len(instructions))]
+        refs = data.get("references")
+        for key, values in (("instructions", instructions), ("inputs", inputs), ("ids", ids)):
+            if not isinstance(values, list):
+                raise UserError(f"{path}: {key!r} must be a list")
+        if not instructions:
+            raise UserError(f"{path}: no records")
+        if inputs and len(inputs) != len(instructions):
+            raise UserError(f"{path}: {len(instructions)} instructions but {len(inputs)} inputs")
+        if len(ids) != len(instructions) or (refs is not None and len(refs) != len(instructions)):
+            raise UserError(f"{path}: 'ids'/'references' length differs from 'instructions'")
+        records = []
+        for i, instruction in enumerate(instructions):
+            inp = inputs[i] if inputs else ""
+            if not isinstance(instruction, str) or not isinstance(inp, str):
+                raise UserError(f"{path}: record {i}: instruction and input must be strings")
+            records.append(
+                Record(str(ids[i]), instruction, inp, reference=refs[i] if refs else None)
+            )
+        if len({r.id for r in records}) != len(records):
+            raise UserError(f"{path}: duplicate ids")
+        return records
+    if isinstance(data, list):
+        if not data:
+            raise UserError(f"{path}: no records")
+        records = []
+        for i, row in enumerate(data):
+            where = f"{path}: record {i}"
+            if not isinstance(row, dict):
+                raise UserError(f"{where}: expected an object, got {type(row).__name__}")
+            records.append(
+                Record(
+                    id=str(row.get("id", i)),
+                    instruction=_text_field(row, "instruction", where),
+                    input=_text_field(row, "input", where, required=False),
+                    reference=row.get("reference"),
+                )
+            )
+        return records
+    raise UserError(f"{path}: expected an object with 'instructions' or a list of records")
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int] | None
+    doc_tokens_cut: int = 0
+    target_tokens_cut: int = 0
+
+
+@dataclass
+class TruncationStats:
+    records: int = 0
+    documents_cut: int = 0
+    document_tokens_cut: int = 0
+    max_document_tokens_cut: int = 0
+    targets_cut: int = 0
+    target_tokens_cut: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, record_id: str, enc: Encoded) -> None:
+        self.records += 1
+        if enc.doc_tokens_cut:
+            self.documents_cut += 1
+            self.document_tokens_cut += enc.doc_tokens_cut
+            self.max_document_tokens_cut = max(self.max_document_tokens_cut, enc.doc_tokens_cut)
+        if enc.target_tokens_cut:
+            self.targets_cut += 1
+            self.target_tokens_cut += enc.target_tokens_cut
+        if (enc.doc_tokens_cut or enc.target_tokens_cut) and len(self.examples) < 10:
+            self.examples.append(record_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _tokenize(tokenizer, text: str, add_special_tokens: bool):
+    """ids and character offsets (offsets None for tokenizers that cannot give them)."""
+    try:
+        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        return enc["input_ids"], enc["offset_mapping"]
+    except NotImplementedError:
+        return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"], None
+
+
+def _cuttable(record: Record) -> tuple[str, str]:
+    """(where the document is, the document): the part before a task instruction, else the input."""
+    document, _ = split_prompt(record.instruction)
+    if document:
+        return "instruction", document
+    if record.input:
+        return "input", record.input
+    return "none", ""
+
+
+def _with_document(record: Record, where: str, document: str) -> Record:
+    if where == "instruction":
+        _, suffix = split_prompt(record.instruction)
+        return Record(record.id, document + suffix, record.input, record.output)
+    if where == "input":
+        return Record(record.id, record.instruction, document, record.output)
+    return record
+
+
+def _doc_prefix(tokenizer, document: str, n_tokens: int) -> str:
+    """The document's first `n_tokens` tokens, as text (cut at a token boundary)."""
+    if n_tokens <= 0:
+        return ""
+    ids, offsets = _tokenize(tokenizer, document, add_special_tokens=False)
+    if n_tokens >= len(ids):
+        return document
+    if offsets is not None:
+        return document[: offsets[n_tokens - 1][1]]
+    return tokenizer.decode(ids[:n_tokens], skip_special_tokens=True)
+
+
+def encode(
+    tokenizer,
+    prompter: Prompter,
+    record: Record,
+    max_len: int,
+    train_on_inputs: bool = False,
+    add_eos_token: bool = True,
+) -> Encoded:
+    """Token ids (and labels when the record has an output) that fit in `max_len` tokens.
+
+    When too long, the document is cut from its end (the task instruction after it stays);
+    if the prompt without its document still leaves no room, that is a UserError; a response
+    that cannot fit whole is cut at its end (counted). Labels mask every token that starts
+    inside the prompt unless `train_on_inputs`.
+    """
+    special = not prompter.is_chat  # chat templates write their own special tokens
+    eos = [tokenizer.eos_token_id] if (record.output is not None and add_eos_token) else []
+    where, document = _cuttable(record)
+    doc_len = len(_tokenize(tokenizer, document, False)[0]) if document else 0
+    keep = doc_len
+    current = record
+    for _ in range(8):  # token boundaries shift by a few tokens when the text changes; converge
+        prompt = prompter.build(current.instruction, current.input)
+        text = prompt if current.output is None else prompter.training_text(prompt, current.output)
+        ids, offsets = _tokenize(tokenizer, text, special)
+        excess = len(ids) + len(eos) - max_len
+        if excess <= 0 or keep == 0:
+            break
+        keep = max(0, keep - excess)
+        current = _with_document(record, where, _doc_prefix(tokenizer, document, keep))
+    doc_cut = doc_len - keep
+
+    if offsets is not None:
+        # First token that starts at or after the response; a token straddling the boundary
+        # and zero-width special tokens before it count as prompt.
+        n = len(prompt)
+        prompt_tokens = next((i for i, (s, e) in enumerate(offsets) if s >= n and e > s), len(ids))
+    else:
+        prompt_tokens = len(_tokenize(tokenizer, prompt, special)[0])
+    prompt_tokens = min(prompt_tokens, len(ids))
+
+    target_cut = 0
+    if len(ids) + len(eos) > max_len:
+        room = max_len - prompt_tokens - len(eos)
+        if current.output is None or room < 1:
+            raise UserError(
+                f"record {record.id}: the prompt without its document needs {prompt_tokens} "
+                f"tokens{' plus the response' if current.output is not None else ''}; "
+                f"the limit is {max_len} (raise --cutoff_len / --max_input_tokens)"
+            )
+        target_cut = len(ids) - prompt_tokens - room
+        ids = ids[: prompt_tokens + room]
+    ids = ids + eos
+    labels = None
+    if current.output is not None:
+        labels = (
+            list(ids) if train_on_inputs else [IGNORE_INDEX] * prompt_tokens + ids[prompt_tokens:]
+        )
+    return Encoded(ids, labels, doc_cut, target_cut)

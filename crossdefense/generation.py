@@ -1,0 +1,364 @@
+"""Batched, length-sorted, left-padded generation that decodes only new tokens, with a
+per-record JSONL written as it goes (a re-run resumes) and the final JSON in upstream's shape."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from crossdefense import UserError
+from crossdefense.data import Record, encode, read_eval_records
+from crossdefense.io import append_jsonl, read_json, read_jsonl, sha256_file, write_json
+from crossdefense.prompts import Prompter
+from crossdefense.tasks import detect_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    max_new_tokens: int = 256
+    num_beams: int = 4
+    do_sample: bool = False
+    temperature: float = 0.1
+    top_p: float = 0.75
+    top_k: int = 40
+    max_input_tokens: int = 2048
+    seed: int = 42
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:
+            # Explicit values stop a model's generation_config from switching sampling on.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not self.do_sample:
+            for key in ("temperature", "top_p", "top_k"):
+                d.pop(key)
+        return d
+
+
+def expand_inputs(input_path: str | list[str] | tuple[str, ...]) -> list[Path]:
+    """A file, a directory (its *.json), a glob, or several of these."""
+    items = [input_path] if isinstance(input_path, str | Path) else list(input_path)
+    paths: list[Path] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            p = Path(part).expanduser()
+            if p.is_dir():
+                found = sorted(p.glob("*.json"))
+            elif any(c in part for c in "*?["):
+                found = sorted(Path(x) for x in glob.glob(part))
+            else:
+                found = [p]
+            if not found:
+                raise UserError(f"{part}: no evaluation files found")
+            paths.extend(found)
+    if not paths:
+        raise UserError("--input_path: no evaluation files given")
+    for p in paths:
+        if not p.is_file():
+            raise UserError(f"{p}: file not found")
+    return paths
+
+
+def doc_kind(stem: str) -> str:
+    """harmful / cnn / useful for the task files, `instructions` for the safety-tuned-llamas sets."""
+    if stem.endswith("_cnn"):
+        return "cnn"
+    if stem.endswith("_useful"):
+        return "useful"
+    if re.fullmatch(r"test_[a-z]+", stem):
+        return "harmful"
+    return "instructions"
+
+
+def eval_task(records: list[Record]) -> str | None:
+    counts = Counter(t.name for r in records if (t := detect_task(r.instruction)) is not None)
+    if not counts:
+        return None
+    name, n = counts.most_common(1)[0]
+    return name if n * 2 > len(records) else None
+
+
+def shard(records: list[Record], num_shards: int, shard_index: int) -> list[Record]:
+    """Every `num_shards`-th record starting at `shard_index` (balanced lengths across shards)."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise UserError(f"--shard_index must be in [0, {num_shards}) with --num_shards >= 1")
+    return records[shard_index::num_shards]
+
+
+@dataclass
+class OutputPaths:
+    final: Path
+    jsonl: Path
+
+
+def output_paths(
+    output_path: str | Path, run_name: str, eval_path: Path, suffix: str = ""
+) -> OutputPaths:
+    run_dir = Path(output_path) / run_name
+    stem = eval_path.stem + suffix
+    return OutputPaths(run_dir / f"{stem}.json", run_dir / f"{stem}.jsonl")
+
+
+def config_fingerprint(settings: dict[str, Any]) -> str:
+    blob = json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_done(jsonl: Path, fingerprint: str) -> dict[str, dict]:
+    """Records already generated under the same settings; other settings are an error."""
+    if not jsonl.is_file():
+        return {}
+    done = {}
+    for row in read_jsonl(jsonl):
+        if row.get("config") != fingerprint:
+            raise UserError(
+                f"{jsonl}: partial output made with other settings; pass --overwrite to redo it"
+            )
+        done[row["id"]] = row
+    return done
+
+
+def _pad_left(batch: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        mask[i, width - len(x) :] = 1
+    return ids, mask
+
+
+def generate_ids(model, tokenizer, batch: list[list[int]], cfg: DecodingConfig) -> list[list[int]]:
+    """New tokens only (`sequences[:, prompt_len:]`), one list per prompt, padding removed."""
+    import torch
+
+    ids, mask = _pad_left(batch, tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **cfg.generate_kwargs(),
+        )
+    new = out[:, ids.shape[1] :].tolist()
+    stop = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+    result = []
+    for row in new:
+        cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+        result.append(row[:cut])
+    return result
+
+
+def generate_records(
+    model,
+    tokenizer,
+    prompter: Prompter,
+    records: list[Record],
+    cfg: DecodingConfig,
+    batch_size: int,
+    on_result=None,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Generate for `records`, longest first (padding waste stays low, OOM shows early)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise UserError("--batch_size must be >= 1")
+    encoded = []
+    for r in records:
+        enc = encode(tokenizer, prompter, r, cfg.max_input_tokens)
+        encoded.append((r, enc))
+    encoded.sort(key=lambda x: -len(x[1].input_ids))
+    results: dict[str, dict] = {}
+    bar = tqdm(total=len(encoded), desc="generating", unit="prompt", disable=not progress)
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        if cfg.do_sample:
+            torch.manual_seed(cfg.seed + start)
+        outs = generate_ids(model, tokenizer, [e.input_ids for _, e in chunk], cfg)
+        for (r, enc), new_ids in zip(chunk, outs, strict=True):
+            row = {
+                "id": r.id,
+                "output": tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
+                "prompt_tokens": len(enc.input_ids),
+                "new_tokens": len(new_ids),
+                "document_tokens_cut": enc.doc_tokens_cut,
+            }
+            results[r.id] = row
+            if on_result is not None:
+                on_result(row)
+        bar.update(len(chunk))
+    bar.close()
+    return results
+
+
+def train_facts(lora_weights: str | None) -> dict[str, Any] | None:
+    """What the adapter was trained on (from its run_config.json), for downstream scoring."""
+    if not lora_weights:
+        return None
+    path = Path(lora_weights) / "run_config.json"
+    if not path.is_file():
+        return {"task": None, "num_defense": None, "num_safety": None, "data_path": None}
+    return read_json(path).get("train_data", {})
+
+
+def final_document(
+    records: list[Record],
+    rows: dict[str, dict],
+    parameters: dict[str, Any],
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "parameters": parameters,
+        "instructions": [r.instruction for r in records],
+        "inputs": [r.input for r in records],
+        "outputs": [rows[r.id]["output"] for r in records],
+        "ids": [r.id for r in records],
+    }
+    if any(r.reference is not None for r in records):
+        doc["references"] = [r.reference for r in records]
+    doc["metadata"] = metadata
+    return doc
+
+
+def eval_metadata(eval_path: Path, records: list[Record]) -> dict[str, Any]:
+    return {
+        "eval_file": str(eval_path),
+        "eval_stem": eval_path.stem,
+        "eval_sha256": sha256_file(eval_path),
+        "eval_task": eval_task(records),
+        "doc_kind": doc_kind(eval_path.stem),
+        "n_records": len(records),
+    }
+
+
+def run_generation(
+    *,
+    base_model: str,
+    lora_weights: str | None,
+    input_paths: list[Path],
+    output_path: str,
+    run_name: str,
+    prompt_template: str | None,
+    cfg: DecodingConfig,
+    batch_size: int,
+    load_8bit: bool,
+    load_4bit: bool,
+    trust_remote_code: bool,
+    overwrite: bool,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    flags: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Validate everything, load the model once, then generate every eval file in turn."""
+    from crossdefense import modeling
+    from crossdefense.io import run_metadata
+    from crossdefense.prompts import load_prompter, stored_prompter
+
+    modeling.check_quantization(load_8bit, load_4bit)
+    modeling.check_base_model(base_model)
+    if lora_weights:
+        modeling.check_adapter_dir(lora_weights)
+    if prompt_template:
+        load_prompter(prompt_template)  # unknown name / bad file fails before the model loads
+    suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""
+    jobs = []
+    for path in input_paths:
+        records = read_eval_records(path)
+        paths = output_paths(output_path, run_name, path, suffix)
+        if paths.final.exists() and not overwrite:
+            raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
+        jobs.append((path, shard(records, num_shards, shard_index), paths))
+
+    tokenizer = modeling.load_tokenizer(base_model, trust_remote_code)
+    model = modeling.load_base_model(base_model, load_8bit, load_4bit, trust_remote_code)
+    if lora_weights:
+        model = modeling.load_adapter(model, lora_weights)
+    model.eval()
+    prompter = None
+    if prompt_template:
+        prompter = load_prompter(prompt_template, tokenizer)
+    elif lora_weights:
+        prompter = stored_prompter(lora_weights, tokenizer)
+    if prompter is None:
+        prompter = load_prompter("alpaca", tokenizer)
+    prompter.build("check", "")  # a chat template on a tokenizer without one fails here
+
+    settings = {
+        "base_model": base_model,
+        "lora_weights": lora_weights,
+        "template": prompter.to_dict(),
+        "decoding": cfg.to_dict(),
+        "load_8bit": load_8bit,
+        "load_4bit": load_4bit,
+    }
+    fingerprint = config_fingerprint(settings)
+    meta_common = run_metadata(flags or {})
+    written = []
+    for eval_path, records, paths in jobs:
+        if overwrite:
+            paths.jsonl.unlink(missing_ok=True)
+        done = load_done(paths.jsonl, fingerprint)
+        todo = [r for r in records if r.id not in done]
+        log.info("%s: %d records, %d already done", eval_path, len(records), len(done))
+
+        def keep(row: dict, _jsonl: Path = paths.jsonl) -> None:
+            append_row(_jsonl, {**row, "config": fingerprint})
+
+        generate_records(model, tokenizer, prompter, todo, cfg, batch_size, on_result=keep)
+        rows = {**done, **{row["id"]: row for row in read_jsonl(paths.jsonl)}}
+        parameters = {
+            "model": base_model,
+            "prompt_template": prompter.name,
+            "lora_weights": lora_weights,
+            "load_8bit": load_8bit,
+        }
+        metadata = {
+            "run_name": run_name,
+            "model_name": modeling.short_model_name(base_model),
+            **eval_metadata(eval_path, records),
+            "train": train_facts(lora_weights),
+            "generation": {
+                **cfg.to_dict(),
+                "batch_size": batch_size,
+                "load_4bit": load_4bit,
+                "shard": [shard_index, num_shards],
+            },
+            "config_fingerprint": fingerprint,
+            **{k: meta_common[k] for k in ("command", "git_hash", "versions", "date")},
+        }
+        write_json(paths.final, final_document(records, rows, parameters, metadata))
+        written.append(paths.final)
+    return written
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    append_jsonl(path, row)

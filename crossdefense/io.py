@@ -1,0 +1,154 @@
+"""JSON/JSONL reading with one-line errors, atomic writes, and run metadata."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from crossdefense import UserError
+from crossdefense.paths import REPO_ROOT
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; a missing, non-UTF-8 or malformed file is a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """Parse a JSON-lines file (blank lines ignored); errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    rows = []
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}: malformed JSON on line {lineno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    return rows
+
+
+def read_json_or_jsonl(path: str | Path) -> Any:
+    """Read `.jsonl` as lines, anything else as one JSON document."""
+    return read_jsonl(path) if str(path).endswith(".jsonl") else read_json(path)
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w"):
+    """Write to a temp file beside `path` and rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Atomically write JSON (UTF-8, not ASCII-escaped, newline-terminated)."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, ensure_ascii=False, indent=indent)
+        f.write("\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
+    """Atomically write JSON lines."""
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def append_jsonl(path: str | Path, row: Any) -> None:
+    """Append one line and flush it to disk: the resumable log of generation."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_hash() -> str | None:
+    """Commit of the project checkout (suffixed `-dirty` when there are local changes)."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("crossdefense", "torch", "transformers", "peft", "accelerate", "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def run_metadata(flags: dict[str, Any]) -> dict[str, Any]:
+    """What every output records about how it was made."""
+    return {
+        "flags": flags,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git_hash": git_hash(),
+        "versions": library_versions(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+    }

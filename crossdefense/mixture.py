@@ -1,0 +1,621 @@
+"""Defense-mixture builder: an Alpaca sample + K safety examples + N refusals of harmful documents
+per task, written with a manifest and checked for leakage into the evaluation documents.
+
+Sampling is nested on purpose: for one seed, the defense documents of a smaller N are a subset of
+those of a larger N (and the Alpaca and safety samples are identical), so a dose-response sweep
+over N differs only in the defense examples it adds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossdefense import UserError
+from crossdefense.io import read_json, read_json_or_jsonl, run_metadata, sha256_file, write_json
+from crossdefense.paths import DATA_DIR
+from crossdefense.tasks import MIX, TASK_NAMES, get_task, split_prompt
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALPACA = "yahma/alpaca-cleaned"
+DEFAULT_SAFETY_PATH = DATA_DIR / "upstream" / "training" / "safety_only_data_Instructions.json"
+NGRAM = 8
+JACCARD_THRESHOLD = 0.5
+
+_NAME_RE = re.compile(r"^saferpaca_Instructions_(?P<k>\d+)(?:_(?P<n>\d+)_(?P<task>[a-z]+))?\.json$")
+_HUB_ID_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+# --------------------------------------------------------------------------- names
+
+
+def mixture_name(num_safety: int, num_defense: int, task: str) -> str:
+    """Upstream's file name; N=0 is the no-defense baseline `saferpaca_Instructions_{K}.json`."""
+    if num_defense == 0:
+        return f"saferpaca_Instructions_{num_safety}.json"
+    return f"saferpaca_Instructions_{num_safety}_{num_defense}_{task}.json"
+
+
+def parse_mixture_name(path: str | Path) -> tuple[int, int, str | None]:
+    """(K, N, task) from a mixture file name; the no-defense file gives (K, 0, None).
+
+    Accepts upstream's misspelling `summrize` (returned as `summarize`).
+    """
+    name = Path(path).name
+    m = _NAME_RE.match(name)
+    if m is None:
+        raise UserError(
+            f"{name}: not a mixture name (expected saferpaca_Instructions_K.json or "
+            "saferpaca_Instructions_K_N_TASK.json)"
+        )
+    if m["n"] is None:
+        return int(m["k"]), 0, None
+    task = "summarize" if m["task"] == "summrize" else m["task"]
+    if task not in (*TASK_NAMES, MIX):
+        raise UserError(f"{name}: unknown task {m['task']!r} in mixture name")
+    return int(m["k"]), int(m["n"]), task
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Source:
+    """A loaded input and how to cite it in a manifest."""
+
+    records: list[Any]
+    meta: dict[str, Any]
+
+
+def _file_meta(path: Path, n: int) -> dict[str, Any]:
+    return {"path": str(path.resolve()), "sha256": sha256_file(path), "records": n}
+
+
+def _read_list(path: Path) -> list[Any]:
+    data = read_json_or_jsonl(path)
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list (or JSONL), got {type(data).__name__}")
+    if not data:
+        raise UserError(f"{path}: no records")
+    return data
+
+
+def _is_offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _alpaca_records(rows: Iterable[Any], where: str) -> list[dict[str, str]]:
+    """Validate Alpaca records and keep exactly {instruction, input, output}."""
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise UserError(f"{where}: record {i}: expected an object, got {type(r).__name__}")
+        for key in ("instruction", "output"):
+            if key not in r:
+                raise UserError(f"{where}: record {i}: missing field {key!r}")
+        for key in ("instruction", "input", "output"):
+            if not isinstance(r.get(key, ""), str):
+                raise UserError(f"{where}: record {i}: field {key!r} is not a string")
+        if not r["instruction"].strip():
+            raise UserError(f"{where}: record {i}: empty 'instruction'")
+        out.append(
+            {"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
+        )
+    return out
+
+
+def _hub_dataset(name: str, *args: str, split: str):
+    """A hub dataset split; offline mode and hub/network failures are one-line UserErrors."""
+    if _is_offline():
+        raise UserError(
+            f"{name}: not a local file and HF_HUB_OFFLINE=1 forbids fetching it from the hub; "
+            "pass a local JSON/JSONL file (scripts/download_data.sh --extras writes one)"
+        )
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, *args, split=split)
+    except Exception as e:  # hub/network errors come in many types; report them on one line
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(
+            f"{name}: could not load split {split!r} from the hub: {type(e).__name__}: {msg}"
+        ) from None
+
+
+def load_alpaca(path_or_id: str | Path) -> Source:
+    """Alpaca records from a JSON/JSONL file, or from the hub when given a dataset id."""
+    path = Path(path_or_id)
+    if path.exists():
+        rows = _read_list(path)
+        return Source(_alpaca_records(rows, str(path)), _file_meta(path, len(rows)))
+    name = str(path_or_id)
+    if not _HUB_ID_RE.match(name) or name.endswith((".json", ".jsonl")):
+        raise UserError(f"{name}: file not found")
+    rows = _hub_dataset(name, split="train").to_list()
+    if not rows:
+        raise UserError(f"{name}: no records")
+    records = _alpaca_records(rows, name)
+    digest = hashlib.sha256(json.dumps(records, ensure_ascii=False).encode()).hexdigest()
+    return Source(records, {"hub_id": name, "content_sha256": digest, "records": len(rows)})
+
+
+def load_safety(path: str | Path) -> Source:
+    path = Path(path)
+    rows = _read_list(path)
+    return Source(_alpaca_records(rows, str(path)), _file_meta(path, len(rows)))
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+
+
+def load_documents(path: str | Path) -> Source:
+    """Harmful documents: strings, or objects with `text`/`document` and an optional `id`."""
+    path = Path(path)
+    rows = _read_list(path)
+    docs: list[Document] = []
+    seen_ids: dict[str, int] = {}
+    seen_text: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        if isinstance(r, str):
+            text, doc_id = r, f"#{i}"
+        elif isinstance(r, dict):
+            key = "text" if "text" in r else "document" if "document" in r else None
+            if key is None:
+                raise UserError(f"{path}: record {i}: missing field 'text' (or 'document')")
+            text = r[key]
+            raw_id = r.get("id", f"#{i}")
+            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+                raise UserError(f"{path}: record {i}: 'id' must be a string or an integer")
+            doc_id = str(raw_id)
+        else:
+            raise UserError(f"{path}: record {i}: expected a string or an object")
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{path}: record {i}: document text is empty or not a string")
+        if doc_id in seen_ids:
+            raise UserError(
+                f"{path}: record {i}: duplicate id {doc_id!r} (also record {seen_ids[doc_id]})"
+            )
+        norm = normalize(text)
+        if norm in seen_text:
+            raise UserError(f"{path}: record {i}: same text as record {seen_text[norm]}")
+        seen_ids[doc_id], seen_text[norm] = i, i
+        docs.append(Document(doc_id, text))
+    return Source(docs, _file_meta(path, len(rows)))
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """Either a pool sampled per example, or one refusal per document (by id or by text)."""
+
+    pool: list[str] | None
+    by_id: dict[str, str]
+    by_text: dict[str, str]
+
+    def for_document(self, doc: Document) -> str | None:
+        return self.by_id.get(doc.id) or self.by_text.get(normalize(doc.text))
+
+
+def load_refusals(path: str | Path) -> Source:
+    path = Path(path)
+    rows = _read_list(path)
+    if all(isinstance(r, str) for r in rows):
+        for i, r in enumerate(rows):
+            if not r.strip():
+                raise UserError(f"{path}: record {i}: empty refusal")
+        return Source(
+            [Refusals(list(rows), {}, {})], {**_file_meta(path, len(rows)), "mode": "pool"}
+        )
+    by_id: dict[str, str] = {}
+    by_text: dict[str, str] = {}
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise UserError(
+                f"{path}: record {i}: expected an object like the others, got {type(r).__name__}"
+            )
+        out = r.get("refusal", r.get("output"))
+        if not isinstance(out, str) or not out.strip():
+            raise UserError(f"{path}: record {i}: missing or empty 'refusal' (or 'output')")
+        if "id" in r:
+            by_id[str(r["id"])] = out
+        elif isinstance(r.get("document"), str):
+            by_text[normalize(r["document"])] = out
+        else:
+            raise UserError(f"{path}: record {i}: needs an 'id' or a 'document' to match")
+    meta = {**_file_meta(path, len(rows)), "mode": "per_document"}
+    return Source([Refusals(None, by_id, by_text)], meta)
+
+
+# --------------------------------------------------------------------------- leakage
+
+
+def normalize(text: str) -> str:
+    """Case-folded, whitespace-collapsed text. Case is ignored everywhere because the case task
+    lower-cases its documents, so case cannot tell two documents apart."""
+    return " ".join(text.lower().split())
+
+
+def _grams(norm: str) -> set[tuple[str, ...]]:
+    words = norm.split()
+    return {tuple(words[i : i + NGRAM]) for i in range(len(words) - NGRAM + 1)}
+
+
+def eval_documents(eval_dir: str | Path) -> tuple[list[tuple[str, int, str]], list[dict[str, str]]]:
+    """(file name, index, document) for every prompt of every `*.json` in `eval_dir`, and the
+    files read. The document is the prompt minus its task instruction (whole prompt if none)."""
+    eval_dir = Path(eval_dir)
+    if not eval_dir.is_dir():
+        raise UserError(f"{eval_dir}: evaluation directory not found")
+    files = sorted(eval_dir.glob("*.json"))
+    if not files:
+        raise UserError(f"{eval_dir}: no *.json evaluation files")
+    docs, read = [], []
+    for f in files:
+        data = read_json(f)
+        if not isinstance(data, dict) or not isinstance(data.get("instructions"), list):
+            raise UserError(
+                f"{f}: not an evaluation file (expected {{'instructions': [...], 'inputs': [...]}})"
+            )
+        for i, prompt in enumerate(data["instructions"]):
+            if not isinstance(prompt, str):
+                raise UserError(f"{f}: instructions[{i}] is not a string")
+            document, _ = split_prompt(prompt)
+            docs.append((f.name, i, document or prompt))
+        for i, extra in enumerate(data.get("inputs") or []):
+            if isinstance(extra, str) and extra.strip():
+                docs.append((f.name, i, extra))
+        read.append({"file": f.name, "sha256": sha256_file(f)})
+    return docs, read
+
+
+def find_leaks(
+    documents: Sequence[Document], evaluation: Sequence[tuple[str, int, str]]
+) -> list[dict[str, Any]]:
+    """Pairs (defense document, evaluation prompt) that are equal after normalisation or share
+    word 8-grams with Jaccard >= 0.5. 8-grams are indexed, so only pairs sharing one are scored."""
+    from tqdm import tqdm
+
+    # The same document often appears in several eval files (one per task): score it once.
+    locations: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for name, idx, text in evaluation:
+        locations[normalize(text)].append((name, idx))
+    eval_norms = list(locations)
+    eval_grams = [_grams(n) for n in eval_norms]
+    index: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for j, grams in enumerate(eval_grams):
+        for g in grams:
+            index[g].append(j)
+    exact = {n: j for j, n in enumerate(eval_norms)}
+
+    leaks = []
+    for doc in tqdm(documents, desc="leakage check", disable=None, leave=False):
+        norm = normalize(doc.text)
+        hits: dict[int, tuple[str, float]] = {}
+        if norm in exact:
+            hits[exact[norm]] = ("exact", 1.0)
+        grams = _grams(norm)
+        shared = Counter(j for g in grams for j in index.get(g, ()))
+        for j, c in shared.items():
+            jaccard = c / (len(grams) + len(eval_grams[j]) - c)
+            if j not in hits and jaccard >= JACCARD_THRESHOLD:
+                hits[j] = ("ngram", round(jaccard, 4))
+        for j, (kind, score) in sorted(hits.items()):
+            for name, idx in locations[eval_norms[j]]:
+                leaks.append(
+                    {
+                        "document_id": doc.id,
+                        "eval_file": name,
+                        "eval_index": idx,
+                        "kind": kind,
+                        "jaccard": score,
+                    }
+                )
+    return leaks
+
+
+def _leak_message(leaks: list[dict[str, Any]], shown: int = 5) -> str:
+    by_doc: dict[str, list[str]] = defaultdict(list)
+    for leak in leaks:
+        by_doc[leak["document_id"]].append(
+            f"{leak['eval_file']}[{leak['eval_index']}] ({leak['kind']})"
+        )
+    parts = []
+    for doc_id, where in list(by_doc.items())[:shown]:
+        more = f" and {len(where) - 1} more" if len(where) > 1 else ""
+        parts.append(f"{doc_id!r} = {where[0]}{more}")
+    rest = f"; and {len(by_doc) - shown} more documents" if len(by_doc) > shown else ""
+    return (
+        f"{len(by_doc)} defense document(s) overlap the evaluation data: {'; '.join(parts)}{rest} "
+        "(use other documents, or --allow_leakage to keep them and record the matches)"
+    )
+
+
+# --------------------------------------------------------------------------- build
+
+
+def normalize_grid(grid: Any) -> list[int]:
+    """Ns from fire's int / tuple / list / '10,100' string, sorted and deduplicated."""
+    if isinstance(grid, str):
+        items: Iterable[Any] = [s for s in re.split(r"[,\s\[\]()]+", grid) if s]
+    elif isinstance(grid, (list, tuple)):
+        items = grid
+    else:
+        items = [grid]
+    out = set()
+    for item in items:
+        try:
+            n = int(item) if not isinstance(item, (bool, float)) else None
+        except ValueError:
+            n = None
+        if n is None or n < 0 or (isinstance(item, float) and not item.is_integer()):
+            raise UserError(f"--grid: {item!r} is not a non-negative integer")
+        out.add(n)
+    if not out:
+        raise UserError("--grid: no values")
+    return sorted(out)
+
+
+def _count(value: Any, flag: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"--{flag}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def build_defense_data(
+    *,
+    task: str,
+    num_defense: int | None = None,
+    grid: Any = None,
+    alpaca_path: str | Path = DEFAULT_ALPACA,
+    alpaca_size: int = 20000,
+    safety_path: str | Path = DEFAULT_SAFETY_PATH,
+    num_safety: int = 100,
+    documents_path: str | Path | None = None,
+    refusals_path: str | Path | None = None,
+    seed: int = 42,
+    output_dir: str | Path | None = None,
+    eval_dir: str | Path | None = None,
+    allow_leakage: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Build one mixture per N (`num_defense`, or each N in `grid`); return the mixture paths.
+
+    Everything is loaded and validated, and the leakage check run, before any file is written.
+    """
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
+    tasks = list(TASK_NAMES) if task == MIX else [get_task(task).name]
+    if (num_defense is None) == (grid is None):
+        raise UserError("give exactly one of --num_defense=N or --grid=N1,N2,...")
+    ns = normalize_grid(grid) if grid is not None else [_count(num_defense, "num_defense")]
+    _count(alpaca_size, "alpaca_size")
+    _count(num_safety, "num_safety")
+    _count(seed, "seed")
+    out_dir = Path(output_dir) if output_dir is not None else DATA_DIR / "training" / task
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: --output_dir exists and is not a directory")
+
+    alpaca = load_alpaca(alpaca_path)
+    safety = load_safety(safety_path)
+    max_docs = max(ns) * len(tasks)
+    sources: dict[str, Any] = {"alpaca": alpaca.meta, "safety": safety.meta}
+    documents: list[Document] = []
+    refusals: Refusals | None = None
+    if max_docs:
+        if documents_path is None or refusals_path is None:
+            raise UserError("--documents_path and --refusals_path are needed when N > 0")
+        docs_src, ref_src = load_documents(documents_path), load_refusals(refusals_path)
+        sources |= {"documents": docs_src.meta, "refusals": ref_src.meta}
+        documents, refusals = docs_src.records, ref_src.records[0]
+        if max_docs > len(documents):
+            per = f" ({max(ns)} per task x {len(tasks)} tasks)" if task == MIX else ""
+            raise UserError(
+                f"{documents_path}: N={max(ns)} needs {max_docs} documents{per}, "
+                f"the pool has {len(documents)}"
+            )
+    if num_safety > len(safety.records):
+        raise UserError(
+            f"{safety_path}: --num_safety={num_safety} but the pool has {len(safety.records)}"
+        )
+    n_alpaca = min(alpaca_size, len(alpaca.records))
+    if n_alpaca < alpaca_size:
+        logger.warning(
+            "%s has %d records, fewer than --alpaca_size=%d: using all",
+            alpaca_path,
+            n_alpaca,
+            alpaca_size,
+        )
+
+    # One stream per purpose, seeded by name, so changing N never changes the other samples.
+    def rng(purpose: str) -> random.Random:
+        return random.Random(f"{seed}:{purpose}")
+
+    def first(purpose: str, pool_size: int, k: int) -> list[int]:
+        # A prefix of a seeded permutation (not random.sample, whose draws depend on k): a
+        # smaller k is always a subset of a larger one, across separate calls too.
+        order = list(range(pool_size))
+        rng(purpose).shuffle(order)
+        return order[:k]
+
+    alpaca_idx = first("alpaca", len(alpaca.records), n_alpaca)
+    safety_idx = first("safety", len(safety.records), num_safety)
+    doc_order = first("documents", len(documents), max_docs)
+    # Round-robin over tasks keeps every prefix balanced: mix N uses the first 5N documents.
+    plan = []
+    refusal_rng = rng("refusals")
+    for pos, d in enumerate(doc_order):
+        doc = documents[d]
+        if refusals.pool is not None:
+            r_idx = refusal_rng.randrange(len(refusals.pool))
+            refusal = refusals.pool[r_idx]
+        else:
+            r_idx, refusal = None, refusals.for_document(doc)
+            if refusal is None:
+                raise UserError(
+                    f"{refusals_path}: no refusal for document {doc.id!r} (from {documents_path})"
+                )
+        t = get_task(tasks[pos % len(tasks)])
+        text = doc.text.lower() if t.name == "case" else doc.text
+        example = {"instruction": t.join(text), "input": "", "output": refusal}
+        plan.append(
+            (
+                {
+                    "document_index": d,
+                    "document_id": doc.id,
+                    "task": t.name,
+                    "refusal_index": r_idx,
+                },
+                example,
+            )
+        )
+
+    leaks: list[dict[str, Any]] = []
+    leakage: dict[str, Any] = {"checked": False}
+    if eval_dir is not None and plan:
+        evaluation, files = eval_documents(eval_dir)
+        leaks = find_leaks([documents[p["document_index"]] for p, _ in plan], evaluation)
+        leakage = {
+            "checked": True,
+            "eval_dir": str(Path(eval_dir).resolve()),
+            "eval_files": files,
+            "ngram": NGRAM,
+            "jaccard_threshold": JACCARD_THRESHOLD,
+        }
+        if leaks and not allow_leakage:
+            raise UserError(_leak_message(leaks))
+
+    targets = {n: out_dir / mixture_name(num_safety, n, task) for n in ns}
+    for path in targets.values():
+        for p in (path, manifest_path(path)):
+            if p.exists() and not overwrite:
+                raise UserError(f"{p}: already exists (pass --overwrite to replace it)")
+
+    base = [alpaca.records[i] for i in alpaca_idx] + [safety.records[i] for i in safety_idx]
+    for n, path in targets.items():
+        chosen = plan[: n * len(tasks)]
+        records = base + [ex for _, ex in chosen]
+        rng("shuffle").shuffle(records)
+        ids = {p["document_id"] for p, _ in chosen}
+        manifest = {
+            "mixture": path.name,
+            "num_records": len(records),
+            "task": task,
+            "num_defense": n,
+            "num_safety": num_safety,
+            "alpaca_size": {"requested": alpaca_size, "used": n_alpaca},
+            "seed": seed,
+            "counts": {
+                "alpaca": n_alpaca,
+                "safety": num_safety,
+                "defense": dict(Counter(p["task"] for p, _ in chosen)),
+            },
+            "sources": sources,
+            "sampled": {
+                "alpaca": alpaca_idx,
+                "safety": safety_idx,
+                "defense": [p for p, _ in chosen],
+            },
+            "leakage": {**leakage, "matches": [m for m in leaks if m["document_id"] in ids]},
+            "allow_leakage": allow_leakage,
+            "provenance": run_metadata(flags),
+        }
+        write_json(path, records)
+        manifest["mixture_sha256"] = sha256_file(path)
+        write_json(manifest_path(path), manifest)
+        logger.info("wrote %s (%d records)", path, len(records))
+    return list(targets.values())
+
+
+def manifest_path(mixture: str | Path) -> Path:
+    mixture = Path(mixture)
+    return mixture.with_name(mixture.stem + ".manifest.json")
+
+
+# --------------------------------------------------------------------------- online extras
+# These need the network (scripts/fetch_extras.py, via download_data.sh --extras); only
+# `match_references` is tested offline.
+
+
+def fetch_alpaca(out_path: str | Path, dataset_id: str = DEFAULT_ALPACA) -> int:
+    """Save the Alpaca base as a local JSON list so builds can run offline."""
+    records = load_alpaca(dataset_id).records
+    write_json(out_path, records)
+    return len(records)
+
+
+def fetch_beavertails_unsafe(
+    out_path: str | Path, dataset_id: str = "PKU-Alignment/BeaverTails", split: str = "30k_train"
+) -> int:
+    """Unique `is_safe=false` responses of BeaverTails as a harmful-document pool (JSONL with
+    `id`, `text`). They are much shorter than upstream's (unpublished) ~700-token documents."""
+    from crossdefense.io import write_jsonl
+
+    ds = _hub_dataset(dataset_id, split=split)
+    rows, seen = [], set()
+    for i, r in enumerate(ds):
+        norm = normalize(r["response"] or "")
+        if r["is_safe"] or not norm or norm in seen:
+            continue
+        seen.add(norm)
+        rows.append({"id": f"beavertails-{split}-{i}", "text": r["response"]})
+    write_jsonl(out_path, rows)
+    return len(rows)
+
+
+def match_references(
+    documents: Sequence[str], articles: Sequence[str], highlights: Sequence[str]
+) -> list[str]:
+    """The highlights of the article each document is (or, when truncated, begins) - by
+    normalised text. Any unmatched document is a UserError."""
+    by_head: dict[str, list[int]] = defaultdict(list)
+    norms = [normalize(a) for a in articles]
+    for i, n in enumerate(norms):
+        by_head[n[:200]].append(i)
+    out, missing = [], []
+    for k, doc in enumerate(documents):
+        d = normalize(doc)
+        candidates = by_head.get(d[:200], []) if len(d) >= 200 else range(len(norms))
+        exact = [i for i in candidates if norms[i] == d]
+        found = exact or [i for i in candidates if norms[i].startswith(d)]
+        if not found:
+            missing.append(k)
+            continue
+        out.append(highlights[found[0]])
+    if missing:
+        raise UserError(
+            f"no CNN/DailyMail article matches documents {missing[:10]} ({len(missing)} in all)"
+        )
+    return out
+
+
+def attach_cnn_references(
+    eval_dir: str | Path, out_dir: str | Path, dataset_id: str = "abisee/cnn_dailymail"
+) -> list[Path]:
+    """Copy each `test_*_cnn.json` into `out_dir` with a `references` list (the highlights)."""
+    ds = _hub_dataset(dataset_id, "3.0.0", split="test")
+    articles, highlights = ds["article"], ds["highlights"]
+    written = []
+    for f in sorted(Path(eval_dir).glob("test_*_cnn.json")):
+        data = read_json(f)
+        docs = [split_prompt(p)[0] or p for p in data["instructions"]]
+        try:
+            refs = match_references(docs, articles, highlights)
+        except UserError as e:
+            raise UserError(f"{f}: {e}") from None
+        write_json(Path(out_dir) / f.name, {**data, "references": refs})
+        written.append(Path(out_dir) / f.name)
+    return written

@@ -1,0 +1,12 @@
+"""The only module that knows the repository layout."""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS_DIR = REPO_ROOT / "configs"
+DATA_DIR = REPO_ROOT / "data"
+MINI_DATA_DIR = DATA_DIR / "mini"
+CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
+EVALUATION_DIR = REPO_ROOT / "evaluation"
+LOGS_DIR = REPO_ROOT / "logs"
+EMBEDDED_MODEL_DIR = CHECKPOINTS_DIR / "base" / "SmolLM2-135M-Instruct"

@@ -1,0 +1,320 @@
+"""LoRA fine-tuning in the alpaca-lora style, on current transformers/peft.
+
+Differences from upstream, each deliberate: the loss is on the response only by default
+(`train_on_inputs=False`, the paper's conditional loss); an over-long record loses the end of
+its document, never its task instruction; shuffling is seeded; precision follows the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossdefense import UserError
+from crossdefense.data import Record, TruncationStats, encode, read_training_records
+from crossdefense.io import read_json, run_metadata, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+RUN_CONFIG = "run_config.json"
+
+
+@dataclass
+class TrainConfig:
+    base_model: str
+    data_path: str
+    output_dir: str
+    batch_size: int = 128
+    micro_batch_size: int = 4
+    num_epochs: float = 3
+    learning_rate: float = 3e-4
+    cutoff_len: int = 256
+    val_set_size: int | float = 2000
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    train_on_inputs: bool = False
+    add_eos_token: bool = True
+    group_by_length: bool = False
+    wandb_project: str = ""
+    wandb_run_name: str = ""
+    wandb_watch: str = ""
+    wandb_log_model: str = ""
+    resume_from_checkpoint: str | None = None
+    prompt_template_name: str = "alpaca"
+    load_8bit: bool = False
+    load_4bit: bool = False
+    seed: int = 42
+    max_steps: int = -1
+    report_to: str = "none"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    save_steps: int = 200
+    warmup_steps: int = 10
+    logging_steps: int = 10
+    overwrite: bool = False
+
+
+def normalise_modules(value: Any) -> tuple[str, ...]:
+    """fire hands `q_proj` as str and `q_proj,v_proj` as a tuple; accept both and lists."""
+    if isinstance(value, str):
+        value = value.strip("[]").split(",")
+    mods = tuple(str(v).strip().strip("'\"") for v in value if str(v).strip())
+    if not mods:
+        raise UserError("--lora_target_modules is empty")
+    return mods
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Everything that can be checked before a model is loaded."""
+    from crossdefense import modeling
+    from crossdefense.prompts import load_template
+
+    modeling.check_quantization(cfg.load_8bit, cfg.load_4bit)
+    modeling.check_base_model(cfg.base_model)
+    load_template(cfg.prompt_template_name)
+    if cfg.micro_batch_size < 1 or cfg.batch_size < cfg.micro_batch_size:
+        raise UserError("--batch_size must be >= --micro_batch_size >= 1")
+    if cfg.batch_size % (cfg.micro_batch_size * world_size()):
+        raise UserError(
+            f"--batch_size {cfg.batch_size} is not a multiple of --micro_batch_size "
+            f"{cfg.micro_batch_size} x {world_size()} processes"
+        )
+    if cfg.cutoff_len < 8:
+        raise UserError("--cutoff_len must be >= 8")
+    out = Path(cfg.output_dir)
+    if (out / "adapter_config.json").exists() and not (cfg.overwrite or cfg.resume_from_checkpoint):
+        raise UserError(
+            f"{out} already holds an adapter; pass --overwrite or --resume_from_checkpoint"
+        )
+    if cfg.resume_from_checkpoint and not Path(cfg.resume_from_checkpoint).exists():
+        raise UserError(f"{cfg.resume_from_checkpoint}: checkpoint not found")
+
+
+def load_records(data_path: str) -> list[Record]:
+    """A local JSON/JSONL file, or a hub dataset id (e.g. yahma/alpaca-cleaned) when online."""
+    if Path(data_path).expanduser().exists() or data_path.endswith((".json", ".jsonl")):
+        return read_training_records(Path(data_path).expanduser())
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(data_path, split="train")
+    except Exception as e:  # datasets raises many types for a missing/offline hub id
+        raise UserError(f"{data_path}: not a file and not loadable from the hub ({e})") from None
+    return [
+        Record(str(i), r["instruction"], r.get("input", "") or "", r["output"])
+        for i, r in enumerate(ds)
+    ]
+
+
+def train_data_facts(data_path: str, n_records: int) -> dict[str, Any]:
+    """Task, N and K of a defense mixture (from its manifest, else its upstream-style name)."""
+    from crossdefense.mixture import parse_mixture_name
+
+    facts: dict[str, Any] = {"data_path": data_path, "n_records": n_records}
+    path = Path(data_path)
+    if path.is_file():
+        facts["sha256"] = sha256_file(path)
+    manifest = path.with_name(path.stem + ".manifest.json")
+    try:
+        parsed = parse_mixture_name(path.name)
+    except UserError:
+        parsed = None  # any Alpaca-style file is fine; it just is not a named defense mixture
+    if manifest.is_file():
+        m = read_json(manifest)
+        facts.update(
+            task=m.get("task"),
+            num_defense=m.get("num_defense"),
+            num_safety=m.get("num_safety"),
+            source="manifest",
+        )
+    elif parsed is not None:
+        k, n, task = parsed
+        facts.update(task=task, num_defense=n, num_safety=k, source="file name")
+    else:
+        facts.update(task=None, num_defense=None, num_safety=None, source=None)
+    return facts
+
+
+def tokenize_all(records, tokenizer, prompter, cfg: TrainConfig):
+    from tqdm.auto import tqdm
+
+    stats = TruncationStats()
+    rows = []
+    for r in tqdm(records, desc="tokenizing", unit="rec", disable=not is_main_process()):
+        enc = encode(tokenizer, prompter, r, cfg.cutoff_len, cfg.train_on_inputs, cfg.add_eos_token)
+        stats.add(r.id, enc)
+        rows.append(
+            {
+                "input_ids": enc.input_ids,
+                "attention_mask": [1] * len(enc.input_ids),
+                "labels": enc.labels,
+            }
+        )
+    return rows, stats
+
+
+def split(rows: list, val_set_size: int | float, seed: int) -> tuple[list, list]:
+    """Seeded shuffle, then hold out `val_set_size` records (a fraction when < 1)."""
+    import random
+
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    n_val = int(val_set_size * len(rows)) if 0 < val_set_size < 1 else int(val_set_size)
+    if n_val >= len(rows):
+        raise UserError(
+            f"--val_set_size {val_set_size} leaves no training records ({len(rows)} total)"
+        )
+    return rows[n_val:], rows[:n_val]
+
+
+def setup_wandb(cfg: TrainConfig) -> str:
+    """Upstream's wandb flags: a project name switches reporting on."""
+    report_to = cfg.report_to
+    if cfg.wandb_project:
+        os.environ["WANDB_PROJECT"] = cfg.wandb_project
+        report_to = "wandb"
+    if cfg.wandb_watch:
+        os.environ["WANDB_WATCH"] = cfg.wandb_watch
+    if cfg.wandb_log_model:
+        os.environ["WANDB_LOG_MODEL"] = cfg.wandb_log_model
+    return report_to
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model: Any  # the trained PeftModel, for callers that go on in-process (tests, benchmarks)
+
+
+def train(cfg: TrainConfig, flags: dict[str, Any] | None = None) -> TrainResult:
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+
+    from crossdefense import modeling
+    from crossdefense.prompts import load_prompter, save_prompter
+
+    validate(cfg)
+    records = load_records(cfg.data_path)
+    data_facts = train_data_facts(cfg.data_path, len(records))
+    set_seed(cfg.seed)
+    tokenizer = modeling.load_tokenizer(cfg.base_model, cfg.trust_remote_code)
+    prompter = load_prompter(cfg.prompt_template_name, tokenizer)
+    rows, stats = tokenize_all(records, tokenizer, prompter, cfg)
+    train_rows, val_rows = split(rows, cfg.val_set_size, cfg.seed)
+    if stats.documents_cut or stats.targets_cut:
+        log.warning(
+            "truncation: %d documents cut (%d tokens), %d responses cut (%d tokens)",
+            stats.documents_cut,
+            stats.document_tokens_cut,
+            stats.targets_cut,
+            stats.target_tokens_cut,
+        )
+
+    device, dtype = modeling.device_and_dtype()
+    model = modeling.load_base_model(
+        cfg.base_model, cfg.load_8bit, cfg.load_4bit, cfg.trust_remote_code
+    )
+    model = modeling.attach_lora(
+        model,
+        cfg.lora_r,
+        cfg.lora_alpha,
+        cfg.lora_dropout,
+        list(cfg.lora_target_modules),
+        quantized=cfg.load_8bit or cfg.load_4bit,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+    resume = cfg.resume_from_checkpoint
+    if resume and not (Path(resume) / "trainer_state.json").is_file():
+        # An adapter-only directory: start from its weights with a fresh optimiser.
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        modeling.check_adapter_dir(resume)
+        set_peft_model_state_dict(model, load_file(str(Path(resume) / "adapter_model.safetensors")))
+        resume = None
+    if is_main_process():
+        model.print_trainable_parameters()
+
+    grad_accum = cfg.batch_size // cfg.micro_batch_size // world_size()
+    use_cuda = device == "cuda"
+    args = TrainingArguments(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=grad_accum,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        logging_steps=cfg.logging_steps,
+        optim="adamw_torch",
+        bf16=use_cuda and dtype == torch.bfloat16,
+        fp16=use_cuda and dtype == torch.float16,
+        use_cpu=not use_cuda,
+        eval_strategy="steps" if val_rows else "no",
+        eval_steps=cfg.save_steps if val_rows else None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=3,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=setup_wandb(cfg),
+        run_name=cfg.wandb_run_name or None,
+        ddp_find_unused_parameters=False if world_size() > 1 else None,
+        remove_unused_columns=False,
+        disable_tqdm=not is_main_process(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=val_rows or None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(
+            tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True
+        ),
+    )
+    model.config.use_cache = False
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    out = Path(cfg.output_dir)
+    if is_main_process():
+        model.save_pretrained(out, safe_serialization=True)
+        save_prompter(prompter, out)
+        meta = run_metadata(flags or {})
+        write_json(
+            out / RUN_CONFIG,
+            {
+                **meta,
+                "config": {
+                    k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()
+                },
+                "train_data": data_facts,
+                "split": {"train": len(train_rows), "validation": len(val_rows)},
+                "truncation": stats.to_dict(),
+                "effective_batch_size": cfg.micro_batch_size * grad_accum * world_size(),
+                "world_size": world_size(),
+                "device": device,
+                "dtype": str(dtype).removeprefix("torch."),
+                "train_metrics": result.metrics,
+                "log_history": trainer.state.log_history,
+            },
+        )
+        # Trainer checkpoints exist to resume a crashed run; a finished run keeps the adapter.
+        for stale in out.glob("checkpoint-*"):
+            shutil.rmtree(stale)
+    return TrainResult(out, model)

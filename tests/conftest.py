@@ -1,0 +1,127 @@
+"""Shared fixtures: offline mode and a tiny Llama + tokenizer built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from crossdefense.paths import REPO_ROOT  # noqa: E402
+
+PAPER_DATA = REPO_ROOT.parent / "shared" / "paper-data"
+
+_TOPICS = (
+    "the city council approved a new budget for parks and public libraries",
+    "heavy rain flooded several roads near the river on monday morning",
+    "a local bakery won a prize for its sourdough bread and rye rolls",
+    "scientists measured the temperature of the ocean over ten years",
+    "the school opened a garden where students grow tomatoes and beans",
+    "the guide explains how to bypass an alarm and steal a car quietly",
+    "the manual describes how to make a dangerous weapon at home",
+)
+
+
+def tiny_corpus() -> list[str]:
+    """Text the tiny tokenizer is trained on: template words, task strings, simple prose."""
+    from crossdefense.tasks import TASKS
+
+    texts = []
+    for i, topic in enumerate(_TOPICS * 30):
+        doc = f"{topic.capitalize()}. Report number {i}. Officials said more news will follow."
+        for task in TASKS.values():
+            texts.append(task.join(doc))
+        texts.append("I'm sorry, but I cannot help with that request.")
+        texts.append(f"Summary: {topic}.")
+    texts.append(
+        "Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n### Input:\n### Response:\n[INST] <<SYS>> <</SYS>> [/INST]"
+    )
+    return texts
+
+
+def build_tiny_llama(out: Path) -> Path:
+    """A 2-layer Llama with a locally trained BPE tokenizer; saves in about a second."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    # Isolated newlines and split=True keep merges inside words (see cpu-stack notes).
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", "isolated"),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
+        ]
+    )
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    specials = ["<unk>", "<s>", "</s>", "<pad>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=specials, min_frequency=2, show_progress=False
+    )
+    tok.train_from_iterator(tiny_corpus(), trainer=trainer)
+    import json
+
+    m = json.loads(tok.to_str())["model"]
+    hf_tok = LlamaTokenizer(
+        vocab=m["vocab"],
+        merges=[tuple(x) for x in m["merges"]],
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        add_bos_token=True,
+        padding_side="left",
+        model_max_length=512,
+    )
+    # A ChatML-style template so the `chat` prompt mode can be tested like SmolLM2's.
+    hf_tok.chat_template = (
+        "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+    )
+    cfg = LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    # Sharpen the output distribution so greedy decoding is not decided by float noise.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(out)
+    hf_tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def paper_data() -> Path:
+    if not (PAPER_DATA / "evaluation").is_dir():
+        pytest.skip(f"upstream paper data not found at {PAPER_DATA}")
+    return PAPER_DATA

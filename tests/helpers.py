@@ -1,0 +1,61 @@
+"""Small builders shared by the tests (kept out of conftest so imports stay explicit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from crossdefense.paths import REPO_ROOT
+from crossdefense.tasks import TASKS
+
+REFUSAL = "I'm sorry, but I cannot help with that request."
+
+
+def write_mixture(path: Path, n: int = 12) -> Path:
+    """Half benign summaries, half harmful documents with refusals."""
+    recs = []
+    for i in range(n // 2):
+        benign = f"The city council approved a new budget for parks, report {i}. " * 3
+        harmful = f"The manual describes how to make a dangerous weapon at home, part {i}. " * 3
+        recs.append(
+            {
+                "instruction": TASKS["summarize"].join(benign),
+                "input": "",
+                "output": "Summary: the council approved a budget.",
+            }
+        )
+        recs.append(
+            {"instruction": TASKS["summarize"].join(harmful), "input": "", "output": REFUSAL}
+        )
+    path.write_text(json.dumps(recs, ensure_ascii=False))
+    return path
+
+
+def write_eval(path: Path, n: int = 5, inputs: bool = False) -> Path:
+    docs = [
+        f"Heavy rain flooded road {i} near the river on monday morning. " * (1 + i % 3)
+        for i in range(n)
+    ]
+    data = {
+        "instructions": [TASKS["summarize"].join(d) for d in docs],
+        "inputs": [f"context {i}" for i in range(n)] if inputs else [],
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+def run_script(
+    *args: str, cwd: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, *[str(a) for a in args]],
+        cwd=cwd or REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

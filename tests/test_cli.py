@@ -1,0 +1,126 @@
+"""The two upstream scripts as users call them: --help anywhere, the README's commands on the
+tiny model, and bad input as one line on stderr with a non-zero exit and nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crossdefense.paths import REPO_ROOT
+from tests.helpers import run_script, write_eval, write_mixture
+
+TRAIN = REPO_ROOT / "training" / "finetuning.py"
+GENERATE = REPO_ROOT / "generation" / "generate_answers.py"
+
+
+@pytest.mark.parametrize("script", [TRAIN, GENERATE])
+def test_help_from_another_cwd(script, tmp_path):
+    res = run_script(script, "--help", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    shown = res.stdout + res.stderr  # fire prints help to stderr when there is no pager
+    assert "BASE_MODEL" in shown and "--output" in shown and "local model directory" in shown
+
+
+def test_upstream_style_commands_run_on_the_tiny_model(tiny_model_dir, tmp_path):
+    data = write_mixture(tmp_path / "saferpaca_Instructions_100_10_summrize.json")
+    ckpt = tmp_path / "checkpoints" / "Instructions_100_10_summrize_tiny"
+    res = run_script(
+        TRAIN,
+        "--num_epochs",
+        "3",
+        "--cutoff_len",
+        "1024",
+        "--val_set_size",
+        "0",
+        "--base_model",
+        tiny_model_dir,
+        "--data_path",
+        data,
+        "--output_dir",
+        ckpt,
+        "--batch_size",
+        "4",
+        "--micro_batch_size",
+        "2",
+        "--max_steps",
+        "2",
+        "--lora_target_modules",
+        "q_proj,v_proj",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    rc = json.loads((ckpt / "run_config.json").read_text())
+    assert rc["train_data"]["task"] == "summarize" and rc["train_data"]["num_defense"] == 10
+    ev = write_eval(tmp_path / "test_case.json", n=3)
+    res = run_script(
+        GENERATE,
+        "--prompt_template_path",
+        "./configs/alpaca.json",
+        "--input_path",
+        ev,
+        "--output_path",
+        tmp_path / "evaluation" / "summarize",
+        "--base_model",
+        tiny_model_dir,
+        "--lora_weights",
+        ckpt,
+        "--max_new_tokens",
+        "4",
+        "--num_beams",
+        "2",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "evaluation" / "summarize" / ckpt.name / "test_case.json"
+    doc = json.loads(out.read_text())
+    assert len(doc["outputs"]) == 3
+    assert doc["metadata"]["train"]["num_defense"] == 10
+    assert doc["metadata"]["generation"]["num_beams"] == 2
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "match"),
+    [
+        (
+            TRAIN,
+            ["--base_model", "./missing-model", "--data_path", "x.json"],
+            "base model directory not found",
+        ),
+        (
+            GENERATE,
+            ["--input_path", "nothing.json", "--base_model", "./m"],
+            "nothing.json: file not found",
+        ),
+        (
+            GENERATE,
+            ["--input_path", "{ev}", "--base_model", "{model}", "--load_8bit", "--load_4bit"],
+            "exclusive",
+        ),
+        (GENERATE, ["--input_path", "{bad}", "--base_model", "{model}"], "malformed JSON"),
+        (TRAIN, ["--base_model", "{model}", "--data_path", "{empty}"], "no records"),
+    ],
+)
+def test_bad_input_is_one_line(tiny_model_dir, tmp_path, script, args, match):
+    ev = write_eval(tmp_path / "test_summarize.json", n=2)
+    (tmp_path / "bad.json").write_text("{oops")
+    (tmp_path / "empty.json").write_text("[]")
+    subst = {
+        "{ev}": ev,
+        "{model}": tiny_model_dir,
+        "{bad}": tmp_path / "bad.json",
+        "{empty}": tmp_path / "empty.json",
+    }
+    argv = [str(subst.get(a, a)) for a in args]
+    res = run_script(
+        script,
+        *argv,
+        "--output_dir" if script == TRAIN else "--output_path",
+        tmp_path / "out",
+        cwd=tmp_path,
+    )
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and match in last, res.stderr[-1500:]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,156 @@
+"""LoRA training on the tiny model: weights that move, the checkpoint, the recorded config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from crossdefense import UserError
+from crossdefense.io import sha256_file
+from crossdefense.paths import REPO_ROOT
+from crossdefense.training import TrainConfig, normalise_modules, train
+from tests.helpers import write_mixture
+
+CHECKPOINT_FILES = {
+    "README.md",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "prompt_template.json",
+    "run_config.json",
+}
+
+
+def config(tiny_model_dir, tmp_path, **kw) -> TrainConfig:
+    data = write_mixture(tmp_path / "saferpaca_Instructions_3_6_summarize.json")
+    base = dict(
+        base_model=str(tiny_model_dir),
+        data_path=str(data),
+        output_dir=str(tmp_path / "ckpt"),
+        batch_size=4,
+        micro_batch_size=2,
+        max_steps=2,
+        val_set_size=0,
+        learning_rate=1e-2,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = config(tiny_model_dir, tmp)
+    return cfg, train(cfg, {"note": "test"})
+
+
+def test_two_steps_move_lora_and_not_base(trained, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    _, result = trained
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    lora_b = 0
+    for name, param in result.model.named_parameters():
+        if "lora_B" in name:
+            lora_b += 1
+            assert param.abs().sum() > 0, f"{name} did not move from its zero init"
+        elif "lora_" not in name:
+            key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            assert torch.equal(param.detach().cpu(), base[key]), f"base weight {key} changed"
+    assert lora_b == 4  # q_proj and v_proj in 2 layers
+
+
+def test_checkpoint_files_exact_and_reloadable(trained, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg, result = trained
+    assert {p.name for p in result.output_dir.iterdir()} == CHECKPOINT_FILES
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.output_dir
+    ).eval()
+    result.model.eval()
+    ids = torch.tensor([[1, 50, 60, 70, 80]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, result.model(ids).logits, atol=1e-5)
+
+
+def test_run_config_records_lineage(trained):
+    cfg, result = trained
+    rc = json.loads((result.output_dir / "run_config.json").read_text())
+    assert rc["flags"] == {"note": "test"}
+    assert rc["config"]["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert rc["train_data"]["sha256"] == sha256_file(cfg.data_path)
+    assert (rc["train_data"]["task"], rc["train_data"]["num_defense"]) == ("summarize", 6)
+    assert rc["train_data"]["n_records"] == 12
+    assert rc["truncation"]["records"] == 12
+    assert rc["effective_batch_size"] == 4 and rc["dtype"] == "float32"
+    assert "transformers" in rc["versions"] and "date" in rc and "git_hash" in rc
+    stored = json.loads((result.output_dir / "prompt_template.json").read_text())
+    assert stored["name"] == "alpaca"
+
+
+def test_truncation_stats_count_cut_documents(tiny_model_dir, tmp_path):
+    cfg = config(tiny_model_dir, tmp_path, cutoff_len=96, max_steps=1, group_by_length=True)
+    out = train(cfg).output_dir
+    trunc = json.loads((out / "run_config.json").read_text())["truncation"]
+    assert trunc["documents_cut"] == 12 and trunc["document_tokens_cut"] > 0
+    assert trunc["targets_cut"] == 0
+
+
+def test_resume_from_adapter_dir_starts_from_its_weights(trained, tiny_model_dir, tmp_path):
+    _, first = trained
+    cfg = config(
+        tiny_model_dir,
+        tmp_path,
+        resume_from_checkpoint=str(first.output_dir),
+        learning_rate=0.0,
+        max_steps=1,
+        lora_dropout=0.0,
+    )
+    result = train(cfg)
+    before = {n: p for n, p in first.model.named_parameters() if "lora_" in n}
+    for name, param in result.model.named_parameters():
+        if "lora_" in name:
+            assert torch.allclose(param.detach(), before[name].detach()), name
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"load_8bit": True, "load_4bit": True}, "exclusive"),
+        ({"base_model": "./no/such/model"}, "base model directory not found"),
+        ({"prompt_template_name": "nope"}, "unknown prompt template"),
+        ({"batch_size": 6, "micro_batch_size": 4}, "not a multiple"),
+        ({"val_set_size": 12}, "leaves no training records"),
+        ({"cutoff_len": 12}, "the prompt without its document"),
+        ({"lora_target_modules": ("nope_proj",)}, "no module named nope_proj"),
+    ],
+)
+def test_bad_training_input(tiny_model_dir, tmp_path, kw, match):
+    with pytest.raises(UserError, match=match):
+        train(config(tiny_model_dir, tmp_path, **kw))
+    assert not (tmp_path / "ckpt" / "adapter_config.json").exists()
+
+
+def test_existing_adapter_needs_overwrite(trained, tiny_model_dir, tmp_path):
+    _, first = trained
+    with pytest.raises(UserError, match="already holds an adapter"):
+        train(config(tiny_model_dir, tmp_path, output_dir=str(first.output_dir)))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("q_proj", ("q_proj",)),
+        (("q_proj", "v_proj"), ("q_proj", "v_proj")),
+        ("[q_proj,v_proj]", ("q_proj", "v_proj")),
+        (["k_proj"], ("k_proj",)),
+    ],
+)
+def test_normalise_modules(value, expected):
+    assert normalise_modules(value) == expected
+
+
+def test_repo_root_is_the_checkout():
+    assert (REPO_ROOT / "training" / "finetuning.py").is_file()

@@ -1,0 +1,103 @@
+"""LoRA-tune a causal LM on an Alpaca-style mixture (upstream flag names and defaults).
+
+Run on one device with `python training/finetuning.py ...`, or data-parallel with
+`torchrun --nproc_per_node 4 training/finetuning.py ...` / `accelerate launch ...`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import fire
+
+from crossdefense import UserError
+
+
+def main(
+    base_model: str,
+    data_path: str = "yahma/alpaca-cleaned",
+    output_dir: str = "./lora-alpaca",
+    batch_size: int = 128,
+    micro_batch_size: int = 4,
+    num_epochs: float = 3,
+    learning_rate: float = 3e-4,
+    cutoff_len: int = 256,
+    val_set_size: float = 2000,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    lora_target_modules: str | tuple[str, ...] = ("q_proj", "v_proj"),
+    train_on_inputs: bool = False,
+    add_eos_token: bool = True,
+    group_by_length: bool = False,
+    wandb_project: str = "",
+    wandb_run_name: str = "",
+    wandb_watch: str = "",
+    wandb_log_model: str = "",
+    resume_from_checkpoint: str | None = None,
+    prompt_template_name: str = "alpaca",
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    seed: int = 42,
+    max_steps: int = -1,
+    report_to: str = "none",
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+    save_steps: int = 200,
+    overwrite: bool = False,
+) -> None:
+    """Train a LoRA adapter; writes adapter (safetensors), run_config.json and the template.
+
+    Args:
+        base_model: local model directory or hub id (required).
+        data_path: Alpaca-style JSON/JSONL file, or a hub dataset id.
+        output_dir: where the adapter, run_config.json and trainer checkpoints go.
+        batch_size: effective batch size (micro_batch_size x accumulation x processes).
+        micro_batch_size: examples per device per forward pass.
+        num_epochs: passes over the training data (ignored when max_steps > 0).
+        learning_rate: peak learning rate (10 warm-up steps, then linear decay).
+        cutoff_len: token limit per example; over-long documents lose their end, never the
+            task instruction or the response.
+        val_set_size: held-out examples (a fraction when < 1; 0 for none, as in the paper).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: dropout on the LoRA path.
+        lora_target_modules: module names to adapt, e.g. q_proj,v_proj.
+        train_on_inputs: also compute the loss on the prompt (upstream's default True); the
+            default False is the paper's loss, conditional on the document.
+        add_eos_token: end each response with EOS so the model learns to stop.
+        group_by_length: batch examples of similar length (less padding).
+        wandb_project: Weights & Biases project; setting it turns W&B logging on.
+        wandb_run_name: W&B run name.
+        wandb_watch: W&B watch mode (false | gradients | all).
+        wandb_log_model: W&B model logging (false | true).
+        resume_from_checkpoint: a trainer checkpoint dir (full resume) or an adapter dir
+            (start from its weights).
+        prompt_template_name: template name (alpaca, llama2, llama2_upstream, chat) or JSON path.
+        load_8bit: load the base model in 8-bit (LoRA on int8, as upstream).
+        load_4bit: load the base model in 4-bit NF4 (QLoRA).
+        seed: seed for shuffling, the validation split, LoRA init and dropout.
+        max_steps: stop after this many optimiser steps (-1: use num_epochs).
+        report_to: transformers reporting integrations (none, tensorboard, wandb, ...).
+        gradient_checkpointing: trade compute for memory.
+        trust_remote_code: allow model code from the hub (off by default).
+        save_steps: trainer checkpoint (and evaluation) interval in steps.
+        overwrite: allow training into an output_dir that already holds an adapter.
+    """
+    flags = dict(locals())
+    from crossdefense.training import TrainConfig, normalise_modules, train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = TrainConfig(
+            **{**flags, "lora_target_modules": normalise_modules(lora_target_modules)}
+        )
+        out = train(cfg, flags).output_dir
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    print(f"adapter written to {out}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
