@@ -193,6 +193,50 @@ def setup_wandb(cfg: TrainConfig) -> str:
     return report_to
 
 
+def response_only_loss(model, inputs: dict, num_items_in_batch=None):
+    """Causal-LM loss on the labelled (response) tokens, with logits only where needed.
+
+    Left padding right-aligns every sequence, so all labelled tokens sit in the last k
+    positions: asking the model for `logits_to_keep=k` skips the vocabulary projection (and
+    its B x T x V float buffer) over the document, which is most of a defense example.
+    Equal to the model's own loss (mean over labelled tokens, or sum / num_items_in_batch).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    length = labels.shape[1]
+    labelled = labels != -100
+    first = torch.where(labelled.any(dim=1), labelled.float().argmax(dim=1), length - 1)
+    keep = min(length, int(length - first.min()) + 1)
+    keep = max(keep, 2)
+    outputs = model(**features, logits_to_keep=keep, use_cache=False)
+    logits = outputs.logits[:, :-1].float()
+    targets = labels[:, length - keep + 1 :].to(logits.device)
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    denom = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+    return loss / denom, outputs
+
+
+def response_loss_trainer_class():
+    from transformers import Trainer
+
+    class ResponseLossTrainer(Trainer):
+        """Trainer whose loss skips the logits of unlabelled positions (train_on_inputs=False)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = response_only_loss(model, inputs, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+    return ResponseLossTrainer
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -278,7 +322,8 @@ def train(cfg: TrainConfig, flags: dict[str, Any] | None = None) -> TrainResult:
         remove_unused_columns=False,
         disable_tqdm=not is_main_process(),
     )
-    trainer = Trainer(
+    trainer_class = Trainer if cfg.train_on_inputs else response_loss_trainer_class()
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_rows,

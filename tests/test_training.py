@@ -154,3 +154,35 @@ def test_normalise_modules(value, expected):
 
 def test_repo_root_is_the_checkout():
     assert (REPO_ROOT / "training" / "finetuning.py").is_file()
+
+
+def test_response_only_loss_equals_the_model_loss(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
+
+    from crossdefense.data import Record, encode
+    from crossdefense.prompts import load_prompter
+    from crossdefense.training import response_only_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    p = load_prompter("alpaca", tok)
+    rows = []
+    for i, out in enumerate(["Short.", "A much longer answer with many more words in it.", "Hi"]):
+        enc = encode(tok, p, Record(str(i), "Say something " * (i * 3 + 1), "", out), 256)
+        rows.append(
+            {
+                "input_ids": enc.input_ids,
+                "attention_mask": [1] * len(enc.input_ids),
+                "labels": enc.labels,
+            }
+        )
+    batch = DataCollatorForSeq2Seq(tok, pad_to_multiple_of=8, return_tensors="pt")(rows)
+    assert tok.padding_side == "left"
+    with torch.no_grad():
+        expected = model(**batch).loss
+        got, out = response_only_loss(model, dict(batch))
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        summed, _ = response_only_loss(model, dict(batch), num_items_in_batch=n * 2)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(summed, expected / 2, atol=1e-5)
+    assert out.logits.shape[1] < batch["input_ids"].shape[1]  # logits only for the tail

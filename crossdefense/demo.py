@@ -1,0 +1,186 @@
+"""The miniature cross-task defense experiment on the embedded SmolLM2-135M-Instruct.
+
+Everything runs offline on CPU: convert the embedded model, build summarize-defense mixtures
+from the self-authored mini data, LoRA-tune, generate on the mini evaluation sets of all five
+tasks (harmful / news / benign-but-sensitive) for the base model and each adapter, judge,
+and write a report. Each step is skipped when its output exists and was made the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossdefense import UserError
+from crossdefense.io import read_json, read_jsonl, write_json, write_jsonl
+from crossdefense.paths import CHECKPOINTS_DIR, EMBEDDED_MODEL_DIR, EVALUATION_DIR, MINI_DATA_DIR
+from crossdefense.tasks import TASK_NAMES, TASKS, get_task
+
+log = logging.getLogger(__name__)
+DOCS = MINI_DATA_DIR / "documents"
+
+
+@dataclass
+class DemoConfig:
+    base_model: str = str(EMBEDDED_MODEL_DIR)
+    prompt_template: str = "chat"
+    task: str = "summarize"
+    numbers: tuple[int, ...] = (40,)
+    eval_dir: str = str(MINI_DATA_DIR / "evaluation")
+    eval_tasks: tuple[str, ...] = TASK_NAMES
+    eval_limit: int = 12
+    alpaca_size: int = 64
+    num_safety: int = 16
+    max_steps: int = 36
+    micro_batch_size: int = 8
+    learning_rate: float = 2e-3
+    lora_r: int = 8
+    lora_alpha: int = 16
+    cutoff_len: int = 384
+    max_new_tokens: int = 40
+    batch_size: int = 32
+    seed: int = 42
+    output_dir: str = str(EVALUATION_DIR / "demo")
+    checkpoint_dir: str = str(CHECKPOINTS_DIR / "demo")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def benign_task_records(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Each benign training document under all five tasks with its reference answer, so the
+    model keeps processing ordinary documents of every style while it learns to refuse."""
+    answer = {
+        "summarize": lambda r: r["summary"],
+        "translate": lambda r: r["translation_zh"],
+        "sentiment": lambda r: r["sentiment_answer"],
+        "case": lambda r: r["text"],
+        "cloze": lambda r: r["next_sentence"],
+    }
+    out = []
+    for r in rows:
+        for name, task in TASKS.items():
+            doc = r["text"].lower() if name == "case" else r["text"]
+            out.append({"instruction": task.join(doc), "input": "", "output": answer[name](r)})
+    return out
+
+
+def write_benign_pool(path: Path) -> Path:
+    rows = read_jsonl(MINI_DATA_DIR / "alpaca.jsonl")
+    rows += benign_task_records(read_jsonl(DOCS / "benign_train.jsonl"))
+    write_jsonl(path, rows)
+    return path
+
+
+def eval_subset(eval_dir: Path, tasks: tuple[str, ...], limit: int, out_dir: Path) -> list[Path]:
+    """The first `limit` records of test_{task}{,_cnn,_useful}.json (upstream schema kept)."""
+    written = []
+    for task in tasks:
+        for suffix in ("", "_cnn", "_useful"):
+            src = eval_dir / f"test_{task}{suffix}.json"
+            if not src.is_file():
+                raise UserError(f"{src}: evaluation file not found")
+            data = read_json(src)
+            subset = {k: (v[:limit] if isinstance(v, list) else v) for k, v in data.items()}
+            dst = out_dir / src.name
+            write_json(dst, subset, indent=1)
+            written.append(dst)
+    return written
+
+
+def validate(cfg: DemoConfig) -> None:
+    get_task(cfg.task)
+    for t in cfg.eval_tasks:
+        get_task(t)
+    if not cfg.numbers or any(n < 1 for n in cfg.numbers):
+        raise UserError("--numbers must be positive defense sizes, e.g. 20,40")
+    if cfg.eval_limit < 1:
+        raise UserError("--eval_limit must be >= 1")
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run every step; return the report folder."""
+    from crossdefense.embedded import fetch_embedded_model
+    from crossdefense.generation import DecodingConfig, run_generation
+    from crossdefense.mixture import build_defense_data
+    from crossdefense.training import TrainConfig, train
+
+    validate(cfg)
+    out = Path(cfg.output_dir)
+    if Path(cfg.base_model) == EMBEDDED_MODEL_DIR:
+        fetch_embedded_model(EMBEDDED_MODEL_DIR)
+    pool = write_benign_pool(out / "data" / "benign_pool.jsonl")
+    mixtures = build_defense_data(
+        task=cfg.task,
+        grid=list(cfg.numbers),
+        alpaca_path=pool,
+        alpaca_size=cfg.alpaca_size,
+        safety_path=MINI_DATA_DIR / "safety.jsonl",
+        num_safety=cfg.num_safety,
+        documents_path=DOCS / "harmful_train.jsonl",
+        refusals_path=MINI_DATA_DIR / "refusals.json",
+        seed=cfg.seed,
+        output_dir=out / "data",
+        eval_dir=cfg.eval_dir,
+        overwrite=True,
+    )
+    evals = eval_subset(Path(cfg.eval_dir), cfg.eval_tasks, cfg.eval_limit, out / "eval")
+    decoding = DecodingConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        num_beams=1,
+        seed=cfg.seed,
+        max_input_tokens=cfg.cutoff_len,
+    )
+    gen_dir = out / "generations"
+
+    def generate(run_name: str, lora: str | None) -> None:
+        run_generation(
+            base_model=cfg.base_model,
+            lora_weights=lora,
+            input_paths=evals,
+            output_path=str(gen_dir),
+            run_name=run_name,
+            prompt_template=cfg.prompt_template,
+            cfg=decoding,
+            batch_size=cfg.batch_size,
+            load_8bit=False,
+            load_4bit=False,
+            trust_remote_code=False,
+            overwrite=True,
+            flags={"demo": asdict(cfg)},
+        )
+
+    log.info("step: generate with the base model")
+    generate("base", None)
+    for n, mixture in zip(sorted(cfg.numbers), mixtures, strict=True):
+        run_name = f"Instructions_{cfg.num_safety}_{n}_{cfg.task}_smollm2"
+        ckpt = Path(cfg.checkpoint_dir) / run_name
+        tcfg = TrainConfig(
+            base_model=cfg.base_model,
+            data_path=str(mixture),
+            output_dir=str(ckpt),
+            batch_size=cfg.micro_batch_size,
+            micro_batch_size=cfg.micro_batch_size,
+            max_steps=cfg.max_steps,
+            learning_rate=cfg.learning_rate,
+            cutoff_len=cfg.cutoff_len,
+            val_set_size=0,
+            lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            prompt_template_name=cfg.prompt_template,
+            seed=cfg.seed,
+            save_steps=10_000,
+            warmup_steps=3,
+            logging_steps=5,
+            overwrite=True,
+        )
+        log.info("step: train %s (%d steps)", run_name, cfg.max_steps)
+        train(tcfg, {"demo": asdict(cfg)})
+        log.info("step: generate with %s", run_name)
+        generate(run_name, str(ckpt))
+    return out
+
+
+def dump_config(cfg: DemoConfig) -> str:
+    return json.dumps(asdict(cfg), indent=1)

@@ -1,0 +1,97 @@
+"""Generation benchmark: upstream's one-prompt-at-a-time loop vs crossdefense's batched,
+length-sorted generation, on the same model, prompts and decoding; prints the figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import fire
+
+from crossdefense import bench, modeling
+from crossdefense.data import read_eval_records
+from crossdefense.generation import DecodingConfig, expand_inputs
+from crossdefense.paths import EMBEDDED_MODEL_DIR, MINI_DATA_DIR
+from crossdefense.prompts import load_prompter
+
+
+def main(
+    base_model: str = str(EMBEDDED_MODEL_DIR),
+    input_path: str = str(MINI_DATA_DIR / "evaluation" / "test_*_useful.json"),
+    prompt_template_path: str = "chat",
+    num_prompts: int = 32,
+    max_new_tokens: int = 64,
+    beams: tuple[int, ...] = (1, 4),
+    batch_size: int = 32,
+    output_json: str | None = None,
+) -> None:
+    """Print prompts/s, new tokens/s, speed-up and model-FLOP utilisation for each setup.
+
+    Args:
+        base_model: model directory (default: the embedded SmolLM2-135M-Instruct).
+        input_path: eval file(s) whose prompts are used (file, dir, glob or comma list).
+        prompt_template_path: template name or path.
+        num_prompts: how many prompts (taken in file order across the files).
+        max_new_tokens: new tokens per answer (both setups).
+        beams: beam widths to compare (1 = greedy).
+        batch_size: crossdefense batch size.
+        output_json: also write the figures here.
+    """
+    logging.basicConfig(level=logging.WARNING)
+    records = [r for p in expand_inputs(input_path) for r in read_eval_records(p)][:num_prompts]
+    tok = modeling.load_tokenizer(base_model)
+    model = modeling.load_base_model(base_model).eval()
+    prompter = load_prompter(prompt_template_path, tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    peak = bench.matmul_gflops()
+    info = {
+        **bench.machine_info(),
+        "model": base_model,
+        "params": n_params,
+        "matmul_gflops": round(peak, 1),
+        "prompts": len(records),
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+    }
+    print(json.dumps(info, indent=1))
+    results = []
+    for beams_ in beams:
+        cfg = DecodingConfig(max_new_tokens=max_new_tokens, num_beams=beams_)
+        bench.batched_generate(model, tok, prompter, records[:2], cfg, 2)  # warm-up
+        (_, p_up, n_up), t_up = bench.timed(
+            bench.upstream_style_generate, model, tok, prompter, records, cfg
+        )
+        (_, p_cd, n_cd), t_cd = bench.timed(
+            bench.batched_generate, model, tok, prompter, records, cfg, batch_size
+        )
+        for name, t, p, n in (
+            ("upstream loop", t_up, p_up, n_up),
+            ("crossdefense", t_cd, p_cd, n_cd),
+        ):
+            mfu = 2 * n_params * (p + n) / t / 1e9 / peak
+            row = {
+                "setup": name,
+                "num_beams": beams_,
+                "seconds": round(t, 2),
+                "prompts_per_s": round(len(records) / t, 3),
+                "new_tokens_per_s": round(n / t, 2),
+                "mfu": round(mfu, 3),
+            }
+            results.append(row)
+        results[-1]["speedup"] = round(t_up / t_cd, 2)
+    print(
+        f"\n{'setup':<15}{'beams':>6}{'s':>9}{'prompts/s':>11}{'new tok/s':>11}{'MFU':>7}{'speed-up':>10}"
+    )
+    for r in results:
+        print(
+            f"{r['setup']:<15}{r['num_beams']:>6}{r['seconds']:>9}{r['prompts_per_s']:>11}"
+            f"{r['new_tokens_per_s']:>11}{r['mfu']:>7.0%}{r.get('speedup', ''):>10}"
+        )
+    if output_json:
+        from crossdefense.io import write_json
+
+        write_json(output_json, {"machine": info, "results": results})
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
