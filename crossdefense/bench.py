@@ -9,7 +9,7 @@ import resource
 import time
 from typing import Any
 
-from crossdefense.data import Record, encode
+from crossdefense.data import Record
 from crossdefense.generation import DecodingConfig, generate_records
 from crossdefense.prompts import Prompter
 
@@ -79,11 +79,34 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float]:
 
 def batched_generate(model, tokenizer, prompter, records, cfg, batch_size):
     rows = generate_records(model, tokenizer, prompter, records, cfg, batch_size, progress=False)
-    prompt_tokens = sum(
-        len(encode(tokenizer, prompter, r, cfg.max_input_tokens).input_ids) for r in records
-    )
-    return rows, prompt_tokens, sum(r["new_tokens"] for r in rows.values())
+    prompt_tokens = sum(r["prompt_tokens"] for r in rows)
+    return rows, prompt_tokens, sum(r["new_tokens"] for r in rows)
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def demo_mixture(out_dir) -> Any:
+    """The demo's summarize N=40 mixture, built from data/mini (same as `make demo`)."""
+    from pathlib import Path
+
+    from crossdefense.demo import DemoConfig, write_benign_pool
+    from crossdefense.mixture import build_defense_data
+    from crossdefense.paths import MINI_DATA_DIR
+
+    cfg = DemoConfig()
+    pool = write_benign_pool(Path(out_dir) / "benign_pool.jsonl")
+    (path,) = build_defense_data(
+        task="summarize",
+        num_defense=40,
+        alpaca_path=pool,
+        alpaca_size=cfg.alpaca_size,
+        safety_path=MINI_DATA_DIR / "safety.jsonl",
+        num_safety=cfg.num_safety,
+        documents_path=MINI_DATA_DIR / "documents" / "harmful_train.jsonl",
+        refusals_path=MINI_DATA_DIR / "refusals.json",
+        seed=cfg.seed,
+        output_dir=out_dir,
+    )
+    return path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class DemoConfig:
     seed: int = 42
     output_dir: str = str(EVALUATION_DIR / "demo")
     checkpoint_dir: str = str(CHECKPOINTS_DIR / "demo")
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def benign_task_records(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -99,17 +98,31 @@ def validate(cfg: DemoConfig) -> None:
         raise UserError("--eval_limit must be >= 1")
 
 
+def trained_same_way(ckpt: Path, tcfg: Any) -> bool:
+    """An adapter is reused when it was trained with the same config on the same data."""
+    from crossdefense.io import sha256_file
+
+    rc_path = ckpt / "run_config.json"
+    if not rc_path.is_file():
+        return False
+    rc = read_json(rc_path)
+    same_config = rc.get("config") == json.loads(json.dumps(asdict(tcfg)))
+    return same_config and rc.get("train_data", {}).get("sha256") == sha256_file(tcfg.data_path)
+
+
 def run_demo(cfg: DemoConfig) -> Path:
-    """Run every step; return the report folder."""
+    """Run every step; return the folder holding report.md and the plots."""
     from crossdefense.embedded import fetch_embedded_model
     from crossdefense.generation import DecodingConfig, run_generation
     from crossdefense.mixture import build_defense_data
+    from crossdefense.report import make_report
+    from crossdefense.scoring import score_paths
     from crossdefense.training import TrainConfig, train
 
     validate(cfg)
     out = Path(cfg.output_dir)
-    if Path(cfg.base_model) == EMBEDDED_MODEL_DIR:
-        fetch_embedded_model(EMBEDDED_MODEL_DIR)
+    if Path(cfg.base_model) == EMBEDDED_MODEL_DIR and fetch_embedded_model(EMBEDDED_MODEL_DIR):
+        log.info("converted the embedded model into %s", EMBEDDED_MODEL_DIR)
     pool = write_benign_pool(out / "data" / "benign_pool.jsonl")
     mixtures = build_defense_data(
         task=cfg.task,
@@ -135,6 +148,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     gen_dir = out / "generations"
 
     def generate(run_name: str, lora: str | None) -> None:
+        log.info("step: generate with %s", run_name)
         run_generation(
             base_model=cfg.base_model,
             lora_weights=lora,
@@ -147,11 +161,11 @@ def run_demo(cfg: DemoConfig) -> Path:
             load_8bit=False,
             load_4bit=False,
             trust_remote_code=False,
-            overwrite=True,
+            overwrite=False,
+            skip_existing=True,
             flags={"demo": asdict(cfg)},
         )
 
-    log.info("step: generate with the base model")
     generate("base", None)
     for n, mixture in zip(sorted(cfg.numbers), mixtures, strict=True):
         run_name = f"Instructions_{cfg.num_safety}_{n}_{cfg.task}_smollm2"
@@ -173,12 +187,27 @@ def run_demo(cfg: DemoConfig) -> Path:
             save_steps=10_000,
             warmup_steps=3,
             logging_steps=5,
+            group_by_length=True,
             overwrite=True,
         )
-        log.info("step: train %s (%d steps)", run_name, cfg.max_steps)
-        train(tcfg, {"demo": asdict(cfg)})
-        log.info("step: generate with %s", run_name)
+        if trained_same_way(ckpt, tcfg):
+            log.info("step: %s already trained the same way, reused", run_name)
+        else:
+            log.info("step: train %s (%d steps)", run_name, cfg.max_steps)
+            train(tcfg, {"demo": asdict(cfg)})
         generate(run_name, str(ckpt))
+
+    log.info("step: score and report")
+    score_paths(
+        str(gen_dir), out / "scores", "keyword", overwrite=True, flags={"demo": asdict(cfg)}
+    )
+    make_report(str(out / "scores" / "summary.json"), out, overwrite=True)
+    (out / "report.md").write_text(
+        "# Miniature cross-task defense on SmolLM2-135M-Instruct\n\n"
+        f"Made by `make demo` with:\n\n```json\n{dump_config(cfg)}\n```\n\n"
+        + (out / "results.md").read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
     return out
 
 

@@ -184,36 +184,38 @@ def generate_records(
     batch_size: int,
     on_result=None,
     progress: bool = True,
-) -> dict[str, dict]:
-    """Generate for `records`, longest first (padding waste stays low, OOM shows early)."""
+) -> list[dict]:
+    """One output row per record, in input order; `on_result(index, row)` as each arrives.
+
+    Prompts run longest first, so a batch holds prompts of similar length (little padding)
+    and an out-of-memory error shows in the first batch. Records may come from several eval
+    files: pooling them fills batches that one small file would leave half empty.
+    """
     import torch
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise UserError("--batch_size must be >= 1")
-    encoded = []
-    for r in records:
-        enc = encode(tokenizer, prompter, r, cfg.max_input_tokens)
-        encoded.append((r, enc))
-    encoded.sort(key=lambda x: -len(x[1].input_ids))
-    results: dict[str, dict] = {}
-    bar = tqdm(total=len(encoded), desc="generating", unit="prompt", disable=not progress)
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
+    encoded = [encode(tokenizer, prompter, r, cfg.max_input_tokens) for r in records]
+    order = sorted(range(len(records)), key=lambda i: -len(encoded[i].input_ids))
+    results: list[dict] = [{} for _ in records]
+    bar = tqdm(total=len(order), desc="generating", unit="prompt", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
         if cfg.do_sample:
             torch.manual_seed(cfg.seed + start)
-        outs = generate_ids(model, tokenizer, [e.input_ids for _, e in chunk], cfg)
-        for (r, enc), new_ids in zip(chunk, outs, strict=True):
+        outs = generate_ids(model, tokenizer, [encoded[i].input_ids for i in chunk], cfg)
+        for i, new_ids in zip(chunk, outs, strict=True):
             row = {
-                "id": r.id,
+                "id": records[i].id,
                 "output": tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
-                "prompt_tokens": len(enc.input_ids),
+                "prompt_tokens": len(encoded[i].input_ids),
                 "new_tokens": len(new_ids),
-                "document_tokens_cut": enc.doc_tokens_cut,
+                "document_tokens_cut": encoded[i].doc_tokens_cut,
             }
-            results[r.id] = row
+            results[i] = row
             if on_result is not None:
-                on_result(row)
+                on_result(i, row)
         bar.update(len(chunk))
     bar.close()
     return results
@@ -275,6 +277,7 @@ def run_generation(
     overwrite: bool,
     num_shards: int = 1,
     shard_index: int = 0,
+    skip_existing: bool = False,
     flags: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Validate everything, load the model once, then generate every eval file in turn."""
@@ -286,31 +289,15 @@ def run_generation(
     modeling.check_base_model(base_model)
     if lora_weights:
         modeling.check_adapter_dir(lora_weights)
-    if prompt_template:
-        load_prompter(prompt_template)  # unknown name / bad file fails before the model loads
-    suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""
-    jobs = []
-    for path in input_paths:
-        records = read_eval_records(path)
-        paths = output_paths(output_path, run_name, path, suffix)
-        if paths.final.exists() and not overwrite:
-            raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
-        jobs.append((path, shard(records, num_shards, shard_index), paths))
-
-    tokenizer = modeling.load_tokenizer(base_model, trust_remote_code)
-    model = modeling.load_base_model(base_model, load_8bit, load_4bit, trust_remote_code)
-    if lora_weights:
-        model = modeling.load_adapter(model, lora_weights)
-    model.eval()
+    # The template is resolved before the model loads: bad names fail fast, and the settings
+    # fingerprint (which decides resume and skip) needs no model.
     prompter = None
     if prompt_template:
-        prompter = load_prompter(prompt_template, tokenizer)
+        prompter = load_prompter(prompt_template)
     elif lora_weights:
-        prompter = stored_prompter(lora_weights, tokenizer)
+        prompter = stored_prompter(lora_weights)
     if prompter is None:
-        prompter = load_prompter("alpaca", tokenizer)
-    prompter.build("check", "")  # a chat template on a tokenizer without one fails here
-
+        prompter = load_prompter("alpaca")
     settings = {
         "base_model": base_model,
         "lora_weights": lora_weights,
@@ -320,19 +307,48 @@ def run_generation(
         "load_4bit": load_4bit,
     }
     fingerprint = config_fingerprint(settings)
+    suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""
+    jobs = []
+    for path in input_paths:
+        records = read_eval_records(path)
+        paths = output_paths(output_path, run_name, path, suffix)
+        if paths.final.exists() and not overwrite:
+            if skip_existing and _fingerprint_of(paths.final) == fingerprint:
+                log.info("%s: done with the same settings, skipped", paths.final)
+                continue
+            raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
+        jobs.append((path, shard(records, num_shards, shard_index), paths))
+    if not jobs:
+        return []
+
+    tokenizer = modeling.load_tokenizer(base_model, trust_remote_code)
+    prompter.tokenizer = tokenizer
+    prompter.build("check", "")  # a chat template on a tokenizer without one fails here
+    model = modeling.load_base_model(base_model, load_8bit, load_4bit, trust_remote_code)
+    if lora_weights:
+        model = modeling.load_adapter(model, lora_weights)
+    model.eval()
     meta_common = run_metadata(flags or {})
-    written = []
+    pooled: list[Record] = []
+    owner: list[OutputPaths] = []
+    done_by_job = []
     for eval_path, records, paths in jobs:
         if overwrite:
             paths.jsonl.unlink(missing_ok=True)
         done = load_done(paths.jsonl, fingerprint)
+        done_by_job.append(done)
         todo = [r for r in records if r.id not in done]
         log.info("%s: %d records, %d already done", eval_path, len(records), len(done))
+        pooled.extend(todo)
+        owner.extend([paths] * len(todo))
 
-        def keep(row: dict, _jsonl: Path = paths.jsonl) -> None:
-            append_row(_jsonl, {**row, "config": fingerprint})
+    def keep(i: int, row: dict) -> None:
+        append_row(owner[i].jsonl, {**row, "config": fingerprint})
 
-        generate_records(model, tokenizer, prompter, todo, cfg, batch_size, on_result=keep)
+    generate_records(model, tokenizer, prompter, pooled, cfg, batch_size, on_result=keep)
+
+    written = []
+    for (eval_path, records, paths), done in zip(jobs, done_by_job, strict=True):
         rows = {**done, **{row["id"]: row for row in read_jsonl(paths.jsonl)}}
         parameters = {
             "model": base_model,
@@ -357,6 +373,13 @@ def run_generation(
         write_json(paths.final, final_document(records, rows, parameters, metadata))
         written.append(paths.final)
     return written
+
+
+def _fingerprint_of(final: Path) -> str | None:
+    try:
+        return read_json(final).get("metadata", {}).get("config_fingerprint")
+    except UserError:
+        return None
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

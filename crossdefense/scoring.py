@@ -510,3 +510,38 @@ def check_unique(files: Sequence[GenerationFile]) -> None:
                 f"{seen[gf.key]}"
             )
         seen[gf.key] = gf.path
+
+
+def score_paths(
+    input_path: str | Sequence[str],
+    output_dir: str | Path,
+    judge: str | Sequence[str] | None = "keyword",
+    *,
+    references_path: str | None = None,
+    harm_model: str | None = None,
+    device: str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    overwrite: bool = False,
+    flags: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Load, judge, measure and write scores.jsonl + summary.json; returns the summary rows."""
+    from crossdefense.judges import make_judge, normalize_judge_names
+
+    names = normalize_judge_names(judge)
+    scores_path, summary_path = check_output_dir(output_dir, overwrite)
+    files = [load_generation(p) for p in expand_generation_paths(input_path, Path(output_dir))]
+    check_unique(files)
+    if references_path is not None:
+        attach_references(files, load_references(references_path), references_path)
+    judges = []
+    for name in names:
+        kwargs: dict[str, Any] = {}
+        if name in ("embedding", "harmfulness") and device:
+            kwargs["device"] = device
+        if name == "harmfulness" and harm_model:
+            kwargs["model"] = harm_model
+        judges.append(make_judge(name, **kwargs))
+    rows, results = score_files(files, judges, n_boot=n_boot, seed=seed)
+    write_scores(scores_path, summary_path, rows, results, judges, flags or {}, n_boot, seed)
+    return results

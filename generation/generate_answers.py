@@ -35,6 +35,7 @@ def main(
     num_shards: int = 1,
     shard_index: int = 0,
     trust_remote_code: bool = False,
+    skip_existing: bool = False,
     overwrite: bool = False,
 ) -> None:
     """Write <output_path>/<run_name>/<eval file stem>.json (+ a resumable .jsonl).
@@ -63,6 +64,8 @@ def main(
         num_shards: split each eval file into this many shards (one per GPU) ...
         shard_index: ... and generate this one; merge with scripts/merge_shards.py.
         trust_remote_code: allow model code from the hub (off by default).
+        skip_existing: leave outputs made with the same settings alone (for re-runs of a
+            sweep); outputs made otherwise still need --overwrite.
         overwrite: replace existing outputs instead of refusing.
     """
     flags = dict(locals())
@@ -100,6 +103,7 @@ def main(
             overwrite=overwrite,
             num_shards=num_shards,
             shard_index=shard_index,
+            skip_existing=skip_existing,
             flags=flags,
         )
     except UserError as e:

@@ -42,36 +42,22 @@ def main(
         overwrite: replace existing scores.jsonl / summary.json.
     """
     flags = dict(locals())
-    from crossdefense.judges import make_judge, normalize_judge_names
-    from crossdefense.scoring import (
-        attach_references,
-        check_output_dir,
-        check_unique,
-        expand_generation_paths,
-        load_generation,
-        load_references,
-        score_files,
-        write_scores,
-    )
+    from crossdefense.scoring import score_paths
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        names = normalize_judge_names(judge)
-        scores_path, summary_path = check_output_dir(output_dir, overwrite)
-        files = [load_generation(p) for p in expand_generation_paths(input_path, Path(output_dir))]
-        check_unique(files)
-        if references_path is not None:
-            attach_references(files, load_references(references_path), references_path)
-        judges = []
-        for name in names:
-            kwargs = {}
-            if name in ("embedding", "harmfulness") and device:
-                kwargs["device"] = device
-            if name == "harmfulness" and harm_model:
-                kwargs["model"] = harm_model
-            judges.append(make_judge(name, **kwargs))
-        rows, results = score_files(files, judges, n_boot=n_boot, seed=seed)
-        write_scores(scores_path, summary_path, rows, results, judges, flags, n_boot, seed)
+        results = score_paths(
+            input_path,
+            output_dir,
+            judge,
+            references_path=references_path,
+            harm_model=harm_model,
+            device=device,
+            n_boot=n_boot,
+            seed=seed,
+            overwrite=overwrite,
+            flags=flags,
+        )
     except UserError as e:
         sys.exit(f"error: {e}")
     for r in results:
@@ -79,7 +65,7 @@ def main(
             f"{r['run']}/{r['eval_stem']}: n={r['n']} refusal={r['refusal_rate']:.1%} "
             f"partial={r['partial_rate']:.1%} utility={r['utility_metric']}={r['utility']}"
         )
-    print(f"wrote {scores_path} and {summary_path}")
+    print(f"wrote {Path(output_dir) / 'scores.jsonl'} and {Path(output_dir) / 'summary.json'}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def outputs(model, tok, records, cfg, batch_size):
     rows = generate_records(
         model, tok, load_prompter("alpaca", tok), records, cfg, batch_size, progress=False
     )
-    return {k: (v["output"], v["new_tokens"]) for k, v in rows.items()}
+    return [(row["id"], row["output"], row["new_tokens"]) for row in rows]
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
@@ -48,13 +48,13 @@ def test_batched_equals_one_by_one(model_and_tok, records, num_beams):
     one = outputs(model, tok, records, cfg, batch_size=1)
     batched = outputs(model, tok, records, cfg, batch_size=4)
     assert one == batched
-    assert any(text for text, _ in one.values())
+    assert any(text for _, text, _ in one)
 
 
 def test_max_new_tokens_and_sampling_flags_are_honoured(model_and_tok, records):
     model, tok = model_and_tok
     short = outputs(model, tok, records, DecodingConfig(max_new_tokens=3, num_beams=1), 4)
-    assert max(n for _, n in short.values()) <= 3
+    assert max(n for _, _, n in short) <= 3
     sampled = DecodingConfig(
         max_new_tokens=10, num_beams=1, do_sample=True, temperature=5.0, top_k=0, top_p=1.0, seed=1
     )
@@ -78,7 +78,7 @@ def test_input_field_reaches_the_prompt(model_and_tok):
         2,
         progress=False,
     )
-    assert rows["b"]["prompt_tokens"] > rows["a"]["prompt_tokens"]
+    assert rows[1]["prompt_tokens"] > rows[0]["prompt_tokens"]
 
 
 def run(tiny_model_dir, inputs, out, **kw):
@@ -171,3 +171,19 @@ def test_helpers():
     assert [r.id for r in shard([Record(str(i), "x") for i in range(5)], 2, 1)] == ["1", "3"]
     with pytest.raises(UserError):
         shard([], 2, 2)
+
+
+def test_skip_existing_only_skips_outputs_made_the_same_way(tiny_model_dir, tmp_path):
+    ev = write_eval(tmp_path / "test_cloze.json", n=2)
+    (final,) = run(tiny_model_dir, [ev], tmp_path / "out")
+    stamp = final.stat().st_mtime_ns
+    assert run(tiny_model_dir, [ev], tmp_path / "out", skip_existing=True) == []
+    assert final.stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="exists; pass --overwrite"):
+        run(
+            tiny_model_dir,
+            [ev],
+            tmp_path / "out",
+            skip_existing=True,
+            cfg=DecodingConfig(max_new_tokens=9),
+        )

