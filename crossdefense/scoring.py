@@ -48,6 +48,9 @@ _RUN_RE = re.compile(
 # ----------------------------------------------------------------------------- inputs
 
 
+SHARD_NAME = re.compile(r"\.shard\d+-of-\d+\.json$")
+
+
 def expand_generation_paths(
     input_path: str | Sequence[str], exclude: Path | None = None
 ) -> list[Path]:
@@ -75,6 +78,8 @@ def expand_generation_paths(
             if exclude is not None:
                 ex = exclude.resolve()
                 found = [f for f in found if ex not in f.resolve().parents]
+            # Unmerged shards (scripts/merge_shards.py joins them) would count records twice.
+            found = [f for f in found if not SHARD_NAME.search(f.name)]
             if not found:
                 raise UserError(f"{part}: no generation files (*.json) found")
             paths.extend(found)

@@ -9,6 +9,7 @@ import sys
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 from crossdefense.demo import DemoConfig, run_demo
 from crossdefense.paths import MINI_DATA_DIR
 from crossdefense.tasks import TASK_NAMES
@@ -69,4 +70,5 @@ def main(
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

@@ -99,6 +99,8 @@ def test_upstream_style_commands_run_on_the_tiny_model(tiny_model_dir, tmp_path)
         ),
         (GENERATE, ["--input_path", "{bad}", "--base_model", "{model}"], "malformed JSON"),
         (TRAIN, ["--base_model", "{model}", "--data_path", "{empty}"], "no records"),
+        (TRAIN, ["--base_model", "{model}", "--data_pth", "{ev}"], "unknown flag --data_pth"),
+        (GENERATE, ["--input_path", "{ev}", "--num_beam", "2"], "unknown flag --num_beam"),
     ],
 )
 def test_bad_input_is_one_line(tiny_model_dir, tmp_path, script, args, match):

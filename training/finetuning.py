@@ -12,6 +12,7 @@ import sys
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 
 
 def main(
@@ -86,7 +87,7 @@ def main(
         overwrite: allow training into an output_dir that already holds an adapter.
     """
     flags = dict(locals())
-    from crossdefense.training import TrainConfig, normalise_modules, train
+    from crossdefense.training import TrainConfig, is_main_process, normalise_modules, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -96,8 +97,10 @@ def main(
         out = train(cfg, flags).output_dir
     except UserError as e:
         sys.exit(f"error: {e}")
-    print(f"adapter written to {out}")
+    if is_main_process():  # under torchrun every rank returns here
+        print(f"adapter written to {out}")
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)
