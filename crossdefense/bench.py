@@ -96,12 +96,14 @@ def demo_mixture(out_dir) -> Any:
     from crossdefense.paths import MINI_DATA_DIR
 
     cfg = DemoConfig()
-    pool = write_benign_pool(Path(out_dir) / "benign_pool.jsonl")
+    pool, pool_size = write_benign_pool(
+        Path(out_dir) / "benign_pool.jsonl", "summarize", cfg.alpaca_size
+    )
     (path,) = build_defense_data(
         task="summarize",
         num_defense=40,
         alpaca_path=pool,
-        alpaca_size=cfg.alpaca_size,
+        alpaca_size=pool_size,
         safety_path=MINI_DATA_DIR / "safety.jsonl",
         num_safety=cfg.num_safety,
         documents_path=MINI_DATA_DIR / "documents" / "harmful_train.jsonl",

@@ -32,7 +32,7 @@ class DemoConfig:
     eval_dir: str = str(MINI_DATA_DIR / "evaluation")
     eval_tasks: tuple[str, ...] = TASK_NAMES
     eval_limit: int = 12
-    alpaca_size: int = 64
+    alpaca_size: int = 40  # plain Alpaca rows; benign document-task rows come on top
     num_safety: int = 16
     max_steps: int = 36
     micro_batch_size: int = 8
@@ -47,29 +47,41 @@ class DemoConfig:
     checkpoint_dir: str = str(CHECKPOINTS_DIR / "demo")
 
 
-def benign_task_records(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Each benign training document under all five tasks with its reference answer, so the
-    model keeps processing ordinary documents of every style while it learns to refuse."""
-    answer = {
-        "summarize": lambda r: r["summary"],
-        "translate": lambda r: r["translation_zh"],
-        "sentiment": lambda r: r["sentiment_answer"],
-        "case": lambda r: r["text"],
-        "cloze": lambda r: r["next_sentence"],
-    }
+ANSWERS = {
+    "summarize": lambda r: r["summary"],
+    "translate": lambda r: r["translation_zh"],
+    "sentiment": lambda r: r["sentiment_answer"],
+    "case": lambda r: r["text"],
+    "cloze": lambda r: r["next_sentence"],
+}
+
+
+def benign_task_records(rows: list[dict[str, Any]], defended: str) -> list[dict[str, str]]:
+    """Benign documents processed under the defended task and one other task each.
+
+    The first miniature run taught that a model shown harmful documents under a task, and too
+    few benign ones under the same task, refuses every document of that kind: so every benign
+    training document appears under the defended task (contrast), and once more under another
+    task in turn (so no task is only ever seen with refusals).
+    """
     out = []
-    for r in rows:
-        for name, task in TASKS.items():
+    for i, r in enumerate(rows):
+        own = defended if defended in TASKS else TASK_NAMES[i % len(TASK_NAMES)]
+        others = [t for t in TASK_NAMES if t != own]
+        for name in (own, others[i % len(others)]):
             doc = r["text"].lower() if name == "case" else r["text"]
-            out.append({"instruction": task.join(doc), "input": "", "output": answer[name](r)})
+            out.append(
+                {"instruction": TASKS[name].join(doc), "input": "", "output": ANSWERS[name](r)}
+            )
     return out
 
 
-def write_benign_pool(path: Path) -> Path:
-    rows = read_jsonl(MINI_DATA_DIR / "alpaca.jsonl")
-    rows += benign_task_records(read_jsonl(DOCS / "benign_train.jsonl"))
+def write_benign_pool(path: Path, defended: str, num_alpaca: int) -> tuple[Path, int]:
+    """The benign part of the demo mixture: document tasks + the first `num_alpaca` Alpaca rows."""
+    rows = benign_task_records(read_jsonl(DOCS / "benign_train.jsonl"), defended)
+    rows += read_jsonl(MINI_DATA_DIR / "alpaca.jsonl")[:num_alpaca]
     write_jsonl(path, rows)
-    return path
+    return path, len(rows)
 
 
 def eval_subset(eval_dir: Path, tasks: tuple[str, ...], limit: int, out_dir: Path) -> list[Path]:
@@ -123,12 +135,14 @@ def run_demo(cfg: DemoConfig) -> Path:
     out = Path(cfg.output_dir)
     if Path(cfg.base_model) == EMBEDDED_MODEL_DIR and fetch_embedded_model(EMBEDDED_MODEL_DIR):
         log.info("converted the embedded model into %s", EMBEDDED_MODEL_DIR)
-    pool = write_benign_pool(out / "data" / "benign_pool.jsonl")
+    pool, pool_size = write_benign_pool(
+        out / "data" / "benign_pool.jsonl", cfg.task, cfg.alpaca_size
+    )
     mixtures = build_defense_data(
         task=cfg.task,
         grid=list(cfg.numbers),
         alpaca_path=pool,
-        alpaca_size=cfg.alpaca_size,
+        alpaca_size=pool_size,
         safety_path=MINI_DATA_DIR / "safety.jsonl",
         num_safety=cfg.num_safety,
         documents_path=DOCS / "harmful_train.jsonl",
@@ -161,8 +175,8 @@ def run_demo(cfg: DemoConfig) -> Path:
             load_8bit=False,
             load_4bit=False,
             trust_remote_code=False,
-            overwrite=False,
-            skip_existing=True,
+            overwrite=True,  # outputs made another way are redone ...
+            skip_existing=True,  # ... and those made the same way are kept
             flags={"demo": asdict(cfg)},
         )
 

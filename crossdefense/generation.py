@@ -301,6 +301,8 @@ def run_generation(
     settings = {
         "base_model": base_model,
         "lora_weights": lora_weights,
+        # the adapter's bytes, not just its path: a retrained adapter invalidates old outputs
+        "adapter_sha256": modeling.adapter_sha256(lora_weights) if lora_weights else None,
         "template": prompter.to_dict(),
         "decoding": cfg.to_dict(),
         "load_8bit": load_8bit,
@@ -312,11 +314,12 @@ def run_generation(
     for path in input_paths:
         records = read_eval_records(path)
         paths = output_paths(output_path, run_name, path, suffix)
-        if paths.final.exists() and not overwrite:
+        if paths.final.exists():
             if skip_existing and _fingerprint_of(paths.final) == fingerprint:
                 log.info("%s: done with the same settings, skipped", paths.final)
                 continue
-            raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
+            if not overwrite:
+                raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
         jobs.append((path, shard(records, num_shards, shard_index), paths))
     if not jobs:
         return []

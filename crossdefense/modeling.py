@@ -50,6 +50,14 @@ def check_adapter_dir(path: str) -> None:
         )
 
 
+def adapter_sha256(path: str) -> str:
+    from crossdefense.io import sha256_file
+
+    p = Path(path).expanduser()
+    weights = next(p / f for f in ADAPTER_FILES if (p / f).is_file())
+    return sha256_file(weights)
+
+
 def check_quantization(load_8bit: bool, load_4bit: bool) -> None:
     if load_8bit and load_4bit:
         raise UserError("--load_8bit and --load_4bit are exclusive; pick one")

@@ -65,8 +65,8 @@ def main(
         num_shards: split each eval file into this many shards (one per GPU) ...
         shard_index: ... and generate this one; merge with scripts/merge_shards.py.
         trust_remote_code: allow model code from the hub (off by default).
-        skip_existing: leave outputs made with the same settings alone (for re-runs of a
-            sweep); outputs made otherwise still need --overwrite.
+        skip_existing: leave outputs made with the same settings (and adapter bytes) alone;
+            outputs made otherwise still need --overwrite.
         overwrite: replace existing outputs instead of refusing.
     """
     flags = dict(locals())

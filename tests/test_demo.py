@@ -48,19 +48,29 @@ def test_demo_validates_before_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_benign_task_records_cover_every_task():
+def test_benign_task_records_pair_the_defended_task_with_another():
     from crossdefense.demo import benign_task_records
 
-    row = {
-        "text": "The Fair Opened. Crowds Came.",
-        "summary": "S.",
-        "translation_zh": "中文。",
-        "sentiment_answer": "Positive.",
-        "next_sentence": "N.",
-    }
-    recs = benign_task_records([row])
-    assert [r["output"] for r in recs] == ["S.", "中文。", "Positive.", row["text"], "N."]
-    assert recs[3]["instruction"] == TASKS["case"].join(row["text"].lower())
+    rows = [
+        {
+            "text": f"The Fair Opened {i}. Crowds Came.",
+            "summary": "S.",
+            "translation_zh": "中文。",
+            "sentiment_answer": "Positive.",
+            "next_sentence": "N.",
+        }
+        for i in range(4)
+    ]
+    recs = benign_task_records(rows, "summarize")
+    assert len(recs) == 8
+    assert [r["output"] for r in recs[0::2]] == ["S."] * 4
+    assert [r["output"] for r in recs[1::2]] == ["中文。", "Positive.", rows[2]["text"], "N."]
+    assert recs[5]["instruction"] == TASKS["case"].join(rows[2]["text"].lower())
+    mixed = benign_task_records(rows, "mix")
+    assert [
+        r["instruction"].endswith(TASKS[t].instruction)
+        for r, t in zip(mixed[0::2], ["summarize", "translate", "sentiment", "case"], strict=True)
+    ]
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from crossdefense import UserError
@@ -187,3 +188,21 @@ def test_skip_existing_only_skips_outputs_made_the_same_way(tiny_model_dir, tmp_
             skip_existing=True,
             cfg=DecodingConfig(max_new_tokens=9),
         )
+
+
+def test_a_retrained_adapter_invalidates_old_outputs(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    ev = write_eval(tmp_path / "test_case.json", n=2)
+    adapter = tmp_path / "adapter"
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        peft = get_peft_model(
+            model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+        )
+        peft.save_pretrained(adapter)
+        if seed == 0:
+            run(tiny_model_dir, [ev], tmp_path / "out", lora_weights=str(adapter))
+    with pytest.raises(UserError, match="exists; pass --overwrite"):
+        run(tiny_model_dir, [ev], tmp_path / "out", lora_weights=str(adapter), skip_existing=True)
