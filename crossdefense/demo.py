@@ -39,6 +39,15 @@ class DemoConfig:
     learning_rate: float = 2e-3
     lora_r: int = 8
     lora_alpha: int = 16
+    lora_target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
     cutoff_len: int = 384
     max_new_tokens: int = 40
     batch_size: int = 32
@@ -67,7 +76,9 @@ def benign_task_records(rows: list[dict[str, Any]], defended: str) -> list[dict[
     out = []
     for i, r in enumerate(rows):
         own = defended if defended in TASKS else TASK_NAMES[i % len(TASK_NAMES)]
-        others = [t for t in TASK_NAMES if t != own]
+        # Chinese translations are long: as extra tasks they would outweigh every refusal in
+        # a token-averaged loss, so the second task is one of the short-answer ones.
+        others = [t for t in TASK_NAMES if t not in (own, "translate")]
         for name in (own, others[i % len(others)]):
             doc = r["text"].lower() if name == "case" else r["text"]
             out.append(
@@ -196,6 +207,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             val_set_size=0,
             lora_r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
+            lora_target_modules=tuple(cfg.lora_target_modules),
             prompt_template_name=cfg.prompt_template,
             seed=cfg.seed,
             save_steps=10_000,

@@ -7,7 +7,6 @@ import glob
 import hashlib
 import json
 import logging
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from crossdefense import UserError
 from crossdefense.data import Record, encode, read_eval_records
 from crossdefense.io import append_jsonl, read_json, read_jsonl, sha256_file, write_json
 from crossdefense.prompts import Prompter
-from crossdefense.tasks import detect_task
+from crossdefense.tasks import detect_task, doc_kind
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +78,6 @@ def expand_inputs(input_path: str | list[str] | tuple[str, ...]) -> list[Path]:
         if not p.is_file():
             raise UserError(f"{p}: file not found")
     return paths
-
-
-def doc_kind(stem: str) -> str:
-    """harmful / cnn / useful for the task files, `instructions` for the safety-tuned-llamas sets."""
-    if stem.endswith("_cnn"):
-        return "cnn"
-    if stem.endswith("_useful"):
-        return "useful"
-    if re.fullmatch(r"test_[a-z]+", stem):
-        return "harmful"
-    return "instructions"
 
 
 def eval_task(records: list[Record]) -> str | None:

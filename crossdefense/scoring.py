@@ -29,7 +29,7 @@ from crossdefense.metrics import (
     primary_utility,
     record_metrics,
 )
-from crossdefense.tasks import MIX, TASK_NAMES, detect_task, split_prompt
+from crossdefense.tasks import MIX, TASK_NAMES, detect_task, doc_kind, split_prompt
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +174,6 @@ def load_generation(path: str | Path) -> GenerationFile:
 # ----------------------------------------------------------------------------- facts
 
 
-def doc_kind_from_stem(stem: str) -> str | None:
-    """Upstream's eval file names: test_{task} harmful, *_cnn, *_useful, I-*/Q-* instructions."""
-    if stem.endswith("_cnn"):
-        return "cnn"
-    if stem.endswith("_useful"):
-        return "useful"
-    if re.fullmatch(r"test_[a-z]+", stem):
-        return "harmful"
-    if stem.startswith(("I-", "Q-")):
-        return "instructions"
-    return None
-
-
 def eval_task_from_prompts(instructions: Sequence[str], inputs: Sequence[str]) -> str | None:
     """The task most prompts end with (more than half of them), else None."""
     counts = Counter(
@@ -248,7 +235,7 @@ def infer_facts(
     if meta.get("doc_kind"):
         put("doc_kind", meta["doc_kind"], "metadata")
     else:
-        put("doc_kind", doc_kind_from_stem(facts["eval_stem"]), "file name")
+        put("doc_kind", doc_kind(facts["eval_stem"]), "file name")
 
     if meta.get("model_name"):
         put("model", meta["model_name"], "metadata")

@@ -8,6 +8,7 @@ truncation must cut the document and keep the suffix.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from crossdefense import UserError
@@ -53,6 +54,20 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}; expected one of {', '.join(TASK_NAMES)}")
     return TASKS[name]
+
+
+def doc_kind(eval_stem: str) -> str | None:
+    """Document kind from upstream's eval file names: `test_{task}` harmful, `*_cnn` news,
+    `*_useful` benign but sensitive, `I-*`/`Q-*` the safety-tuned-llamas instruction sets."""
+    if eval_stem.endswith("_cnn"):
+        return "cnn"
+    if eval_stem.endswith("_useful"):
+        return "useful"
+    if re.fullmatch(r"test_[a-z]+", eval_stem):
+        return "harmful"
+    if eval_stem.startswith(("I-", "Q-")):
+        return "instructions"
+    return None
 
 
 def detect_task(prompt: str) -> Task | None:

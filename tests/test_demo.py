@@ -64,8 +64,9 @@ def test_benign_task_records_pair_the_defended_task_with_another():
     recs = benign_task_records(rows, "summarize")
     assert len(recs) == 8
     assert [r["output"] for r in recs[0::2]] == ["S."] * 4
-    assert [r["output"] for r in recs[1::2]] == ["中文。", "Positive.", rows[2]["text"], "N."]
-    assert recs[5]["instruction"] == TASKS["case"].join(rows[2]["text"].lower())
+    # the second task cycles over the short-answer tasks (no long Chinese targets)
+    assert [r["output"] for r in recs[1::2]] == ["Positive.", rows[1]["text"], "N.", "Positive."]
+    assert recs[3]["instruction"] == TASKS["case"].join(rows[1]["text"].lower())
     mixed = benign_task_records(rows, "mix")
     assert [
         r["instruction"].endswith(TASKS[t].instruction)

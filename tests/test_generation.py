@@ -12,13 +12,13 @@ from crossdefense import UserError
 from crossdefense.data import Record, read_eval_records
 from crossdefense.generation import (
     DecodingConfig,
-    doc_kind,
     expand_inputs,
     generate_records,
     run_generation,
     shard,
 )
 from crossdefense.prompts import load_prompter
+from crossdefense.tasks import doc_kind
 from tests.helpers import write_eval
 
 
@@ -163,11 +163,13 @@ def test_bad_generation_input(tiny_model_dir, tmp_path):
 
 
 def test_helpers():
-    assert [doc_kind(s) for s in ("test_case", "test_case_cnn", "test_cloze_useful", "I-CoNa")] == [
+    stems = ("test_case", "test_case_cnn", "test_cloze_useful", "I-CoNa", "mine")
+    assert [doc_kind(s) for s in stems] == [
         "harmful",
         "cnn",
         "useful",
         "instructions",
+        None,
     ]
     assert [r.id for r in shard([Record(str(i), "x") for i in range(5)], 2, 1)] == ["1", "3"]
     with pytest.raises(UserError):
