@@ -34,7 +34,7 @@ class DemoConfig:
     eval_limit: int = 12
     alpaca_size: int = 40  # plain Alpaca rows; benign document-task rows come on top
     num_safety: int = 16
-    max_steps: int = 36
+    max_steps: int = 32
     micro_batch_size: int = 8
     learning_rate: float = 2e-3
     lora_r: int = 8
@@ -49,7 +49,7 @@ class DemoConfig:
         "down_proj",
     )
     cutoff_len: int = 384
-    max_new_tokens: int = 40
+    max_new_tokens: int = 32
     batch_size: int = 32
     seed: int = 42
     output_dir: str = str(EVALUATION_DIR / "demo")
@@ -66,12 +66,12 @@ ANSWERS = {
 
 
 def benign_task_records(rows: list[dict[str, Any]], defended: str) -> list[dict[str, str]]:
-    """Benign documents processed under the defended task and one other task each.
+    """Benign documents processed under the defended task and two other tasks each.
 
     The first miniature run taught that a model shown harmful documents under a task, and too
     few benign ones under the same task, refuses every document of that kind: so every benign
-    training document appears under the defended task (contrast), and once more under another
-    task in turn (so no task is only ever seen with refusals).
+    training document appears under the defended task (contrast), and under two more tasks in
+    turn (so no task is only ever seen with refusals).
     """
     out = []
     for i, r in enumerate(rows):
@@ -79,7 +79,7 @@ def benign_task_records(rows: list[dict[str, Any]], defended: str) -> list[dict[
         # Chinese translations are long: as extra tasks they would outweigh every refusal in
         # a token-averaged loss, so the second task is one of the short-answer ones.
         others = [t for t in TASK_NAMES if t not in (own, "translate")]
-        for name in (own, others[i % len(others)]):
+        for name in (own, others[i % len(others)], others[(i + 1) % len(others)]):
             doc = r["text"].lower() if name == "case" else r["text"]
             out.append(
                 {"instruction": TASKS[name].join(doc), "input": "", "output": ANSWERS[name](r)}

@@ -80,6 +80,7 @@ def main(
     data_path: str | None = None,
     micro_batch_size: int = 8,
     prompt_template_name: str = "chat",
+    max_records: int = 96,
 ) -> None:
     """Print tokens/s (real, non-pad tokens over one epoch) and peak RSS per setup.
 
@@ -89,12 +90,17 @@ def main(
             data/mini in a temporary folder.
         micro_batch_size: examples per step (no accumulation).
         prompt_template_name: template name or path.
+        max_records: use the first this many records of the (shuffled) mixture.
     """
     from crossdefense import bench
+    from crossdefense.io import read_json, write_json
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         if data_path is None:
             data_path = str(bench.demo_mixture(Path(tmp) / "data"))
+        records = read_json(data_path)[:max_records]
+        data_path = str(Path(tmp) / "bench_records.json")
+        write_json(data_path, records)
         print(
             json.dumps(
                 {

@@ -31,9 +31,9 @@ def main(
     eval_dir: str = str(MINI_DATA_DIR / "evaluation"),
     eval_tasks: str | tuple = ",".join(TASK_NAMES),
     eval_limit: int = 12,
-    max_steps: int = 36,
+    max_steps: int = 32,
     learning_rate: float = 2e-3,
-    max_new_tokens: int = 40,
+    max_new_tokens: int = 32,
     output_dir: str | None = None,
 ) -> None:
     """Base model vs summarize-defense LoRA(s) on the mini eval sets of all five tasks.

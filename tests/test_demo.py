@@ -48,7 +48,7 @@ def test_demo_validates_before_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_benign_task_records_pair_the_defended_task_with_another():
+def test_benign_task_records_pair_the_defended_task_with_two_others():
     from crossdefense.demo import benign_task_records
 
     rows = [
@@ -59,19 +59,18 @@ def test_benign_task_records_pair_the_defended_task_with_another():
             "sentiment_answer": "Positive.",
             "next_sentence": "N.",
         }
-        for i in range(4)
+        for i in range(3)
     ]
     recs = benign_task_records(rows, "summarize")
-    assert len(recs) == 8
-    assert [r["output"] for r in recs[0::2]] == ["S."] * 4
-    # the second task cycles over the short-answer tasks (no long Chinese targets)
-    assert [r["output"] for r in recs[1::2]] == ["Positive.", rows[1]["text"], "N.", "Positive."]
-    assert recs[3]["instruction"] == TASKS["case"].join(rows[1]["text"].lower())
+    assert len(recs) == 9
+    assert [r["output"] for r in recs[0::3]] == ["S."] * 3
+    # the other tasks cycle over the short-answer ones (no long Chinese targets)
+    seconds = [r["output"] for r in recs[1::3]] + [r["output"] for r in recs[2::3]]
+    assert seconds == ["Positive.", rows[1]["text"], "N.", rows[0]["text"], "N.", "Positive."]
+    assert recs[4]["instruction"] == TASKS["case"].join(rows[1]["text"].lower())
     mixed = benign_task_records(rows, "mix")
-    assert [
-        r["instruction"].endswith(TASKS[t].instruction)
-        for r, t in zip(mixed[0::2], ["summarize", "translate", "sentiment", "case"], strict=True)
-    ]
+    for rec, task in zip(mixed[0::3], ["summarize", "translate", "sentiment"], strict=True):
+        assert rec["instruction"].endswith(TASKS[task].instruction)
 
 
 @pytest.mark.slow
