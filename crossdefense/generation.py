@@ -3,7 +3,6 @@ per-record JSONL written as it goes (a re-run resumes) and the final JSON in ups
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -14,7 +13,14 @@ from typing import Any
 
 from crossdefense import UserError
 from crossdefense.data import Record, encode, read_eval_records
-from crossdefense.io import append_jsonl, read_json, read_jsonl, sha256_file, write_json
+from crossdefense.io import (
+    append_jsonl,
+    expand_paths,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    write_json,
+)
 from crossdefense.prompts import Prompter
 from crossdefense.tasks import detect_task, doc_kind
 
@@ -55,29 +61,7 @@ class DecodingConfig:
 
 def expand_inputs(input_path: str | list[str] | tuple[str, ...]) -> list[Path]:
     """A file, a directory (its *.json), a glob, or several of these."""
-    items = [input_path] if isinstance(input_path, str | Path) else list(input_path)
-    paths: list[Path] = []
-    for item in items:
-        for part in str(item).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            p = Path(part).expanduser()
-            if p.is_dir():
-                found = sorted(p.glob("*.json"))
-            elif any(c in part for c in "*?["):
-                found = sorted(Path(x) for x in glob.glob(part))
-            else:
-                found = [p]
-            if not found:
-                raise UserError(f"{part}: no evaluation files found")
-            paths.extend(found)
-    if not paths:
-        raise UserError("--input_path: no evaluation files given")
-    for p in paths:
-        if not p.is_file():
-            raise UserError(f"{p}: file not found")
-    return paths
+    return expand_paths(input_path, lambda d: sorted(d.glob("*.json")), "evaluation files")
 
 
 def eval_task(records: list[Record]) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import hashlib
 import json
 import os
@@ -10,13 +11,45 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
 from crossdefense.paths import REPO_ROOT
+
+
+def expand_paths(
+    spec: str | Path | Sequence[str | Path],
+    in_dir: Callable[[Path], list[Path]],
+    what: str,
+    keep: Callable[[Path], bool] | None = None,
+) -> list[Path]:
+    """Files named by a path, a folder (`in_dir` picks its files), a glob, or several of these
+    (a sequence or a comma-separated string); each part must yield at least one file."""
+    items = [spec] if isinstance(spec, str | Path) else list(spec)
+    paths: list[Path] = []
+    for item in items:
+        for part in (x.strip() for x in str(item).split(",")):
+            if not part:
+                continue
+            p = Path(part).expanduser()
+            if p.is_dir():
+                found = in_dir(p)
+            elif any(c in part for c in "*?["):
+                found = sorted(Path(x) for x in glob.glob(part, recursive=True))
+            elif p.is_file():
+                found = [p]
+            else:
+                raise UserError(f"{part}: file not found")
+            found = [f for f in found if f.is_file() and (keep is None or keep(f))]
+            if not found:
+                raise UserError(f"{part}: no {what} found")
+            paths.extend(found)
+    if not paths:
+        raise UserError(f"no {what} given")
+    return list(dict.fromkeys(paths))
 
 
 def read_json(path: str | Path) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.io import atomic_open, read_json
+from crossdefense.io import atomic_open, expand_paths, read_json
 from crossdefense.metrics import PRIMARY_UTILITY
 from crossdefense.scoring import SUMMARY_FILE
 from crossdefense.tasks import MIX, TASK_NAMES
@@ -63,26 +63,8 @@ REPORT_FILES = (
 
 
 def expand_summary_paths(summary_path: str | Sequence[str]) -> list[Path]:
-    """Files, or directories holding a summary.json (searched recursively)."""
-    items = [summary_path] if isinstance(summary_path, str | Path) else list(summary_path)
-    paths: list[Path] = []
-    for item in items:
-        for part in (p.strip() for p in str(item).split(",")):
-            if not part:
-                continue
-            p = Path(part).expanduser()
-            if p.is_dir():
-                found = sorted(p.rglob(SUMMARY_FILE))
-                if not found:
-                    raise UserError(f"{p}: no {SUMMARY_FILE} in this directory")
-                paths.extend(found)
-            elif p.is_file():
-                paths.append(p)
-            else:
-                raise UserError(f"{part}: file not found")
-    if not paths:
-        raise UserError("--summary_path: no summary files given")
-    return list(dict.fromkeys(paths))
+    """Files, globs, or directories holding a summary.json (searched recursively)."""
+    return expand_paths(summary_path, lambda d: sorted(d.rglob(SUMMARY_FILE)), SUMMARY_FILE)
 
 
 def load_results(paths: Sequence[Path]) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ instructions, the eval file stem and the run directory name, and each fact recor
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.io import atomic_open, read_json, read_json_or_jsonl, run_metadata
+from crossdefense.io import atomic_open, expand_paths, read_json, read_json_or_jsonl, run_metadata
 from crossdefense.judges import Judge
 from crossdefense.metrics import (
     PARTIAL,
@@ -56,36 +55,21 @@ def expand_generation_paths(
 ) -> list[Path]:
     """Generation JSON files from a file, a run dir, an output root (run dirs inside) or a glob.
 
-    `exclude` drops anything under the scores directory, should it sit inside the input tree.
+    `exclude` drops anything under the scores directory, should it sit inside the input tree;
+    unmerged shards (scripts/merge_shards.py joins them) would count records twice.
     """
-    items = [input_path] if isinstance(input_path, str | Path) else list(input_path)
-    paths: list[Path] = []
-    for item in items:
-        for part in (p.strip() for p in str(item).split(",")):
-            if not part:
-                continue
-            p = Path(part).expanduser()
-            if p.is_dir():
-                found = sorted(p.glob("*.json")) or sorted(p.glob("*/*.json"))
-            elif any(c in part for c in "*?["):
-                found = sorted(
-                    Path(x) for x in glob.glob(part, recursive=True) if x.endswith(".json")
-                )
-            elif p.is_file():
-                found = [p]
-            else:
-                raise UserError(f"{part}: file not found")
-            if exclude is not None:
-                ex = exclude.resolve()
-                found = [f for f in found if ex not in f.resolve().parents]
-            # Unmerged shards (scripts/merge_shards.py joins them) would count records twice.
-            found = [f for f in found if not SHARD_NAME.search(f.name)]
-            if not found:
-                raise UserError(f"{part}: no generation files (*.json) found")
-            paths.extend(found)
-    if not paths:
-        raise UserError("--input_path: no generation files given")
-    return list(dict.fromkeys(paths))
+    ex = exclude.resolve() if exclude is not None else None
+
+    def keep(f: Path) -> bool:
+        inside = ex is not None and ex in f.resolve().parents
+        return f.suffix == ".json" and not inside and not SHARD_NAME.search(f.name)
+
+    return expand_paths(
+        input_path,
+        lambda d: sorted(d.glob("*.json")) or sorted(d.glob("*/*.json")),
+        "generation files (*.json)",
+        keep,
+    )
 
 
 @dataclass

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.io import read_json, read_jsonl, sha256_file, write_json, write_jsonl
+from crossdefense.io import (
+    expand_paths,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    write_json,
+    write_jsonl,
+)
 
 log = logging.getLogger(__name__)
 SHARD_RE = re.compile(r"^(?P<stem>.+)\.shard(?P<i>\d+)-of-(?P<n>\d+)\.json$")
@@ -61,27 +68,11 @@ def find_groups(paths: list[Path]) -> list[ShardGroup]:
 
 def expand_shards(input_path: str | Path | list | tuple) -> list[Path]:
     """Shard files from run directories, globs, single files, or comma-separated lists."""
-    import glob
-
-    items = [input_path] if isinstance(input_path, str | Path) else list(input_path)
-    paths: list[Path] = []
-    for item in items:
-        for part in (s.strip() for s in str(item).split(",")):
-            if not part:
-                continue
-            p = Path(part).expanduser()
-            if p.is_dir():
-                found = sorted(x for x in p.glob("*.json") if SHARD_RE.match(x.name))
-            elif any(c in part for c in "*?["):
-                found = sorted(Path(x) for x in glob.glob(part))
-            else:
-                found = [p] if p.is_file() else []
-            if not found:
-                raise UserError(f"{part}: no shard files found")
-            paths.extend(found)
-    if not paths:
-        raise UserError("--input_path: no shard files given")
-    return list(dict.fromkeys(paths))
+    return expand_paths(
+        input_path,
+        lambda d: sorted(x for x in d.glob("*.json") if SHARD_RE.match(x.name)),
+        "shard files",
+    )
 
 
 def _check_same(docs: list[dict[str, Any]], shards: tuple[Path, ...], n: int) -> None:
