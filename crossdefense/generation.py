@@ -305,46 +305,47 @@ def run_generation(
     model.eval()
     meta_common = run_metadata(flags or {})
     pooled: list[Record] = []
-    owner: list[OutputPaths] = []
-    done_by_job = []
-    for eval_path, records, paths in jobs:
+    owner: list[int] = []  # which job each pooled record belongs to
+    rows_by_job: list[dict[str, dict]] = []
+    for j, (eval_path, records, paths) in enumerate(jobs):
         if overwrite:
             paths.jsonl.unlink(missing_ok=True)
         done = load_done(paths.jsonl, fingerprint)
-        done_by_job.append(done)
+        rows_by_job.append(done)
         todo = [r for r in records if r.id not in done]
         log.info("%s: %d records, %d already done", eval_path, len(records), len(done))
         pooled.extend(todo)
-        owner.extend([paths] * len(todo))
+        owner.extend([j] * len(todo))
 
     def keep(i: int, row: dict) -> None:
-        append_row(owner[i].jsonl, {**row, "config": fingerprint})
+        row = {**row, "config": fingerprint}
+        append_row(jobs[owner[i]][2].jsonl, row)
+        rows_by_job[owner[i]][row["id"]] = row
 
     generate_records(model, tokenizer, prompter, pooled, cfg, batch_size, on_result=keep)
 
+    parameters = {
+        "model": base_model,
+        "prompt_template": prompter.name,
+        "lora_weights": lora_weights,
+        "load_8bit": load_8bit,
+    }
+    run_meta = {
+        "run_name": run_name,
+        "model_name": modeling.short_model_name(base_model),
+        "train": train_facts(lora_weights),
+        "generation": {
+            **cfg.to_dict(),
+            "batch_size": batch_size,
+            "load_4bit": load_4bit,
+            "shard": [shard_index, num_shards],
+        },
+        "config_fingerprint": fingerprint,
+        **{k: meta_common[k] for k in ("command", "git_hash", "versions", "date")},
+    }
     written = []
-    for (eval_path, records, paths), done in zip(jobs, done_by_job, strict=True):
-        rows = {**done, **{row["id"]: row for row in read_jsonl(paths.jsonl)}}
-        parameters = {
-            "model": base_model,
-            "prompt_template": prompter.name,
-            "lora_weights": lora_weights,
-            "load_8bit": load_8bit,
-        }
-        metadata = {
-            "run_name": run_name,
-            "model_name": modeling.short_model_name(base_model),
-            **eval_metadata(eval_path, records),
-            "train": train_facts(lora_weights),
-            "generation": {
-                **cfg.to_dict(),
-                "batch_size": batch_size,
-                "load_4bit": load_4bit,
-                "shard": [shard_index, num_shards],
-            },
-            "config_fingerprint": fingerprint,
-            **{k: meta_common[k] for k in ("command", "git_hash", "versions", "date")},
-        }
+    for (eval_path, records, paths), rows in zip(jobs, rows_by_job, strict=True):
+        metadata = {**run_meta, **eval_metadata(eval_path, records)}
         write_json(paths.final, final_document(records, rows, parameters, metadata))
         written.append(paths.final)
     return written

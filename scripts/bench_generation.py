@@ -9,6 +9,7 @@ import logging
 import fire
 
 from crossdefense import bench, modeling
+from crossdefense.cli import reject_unknown_flags
 from crossdefense.data import read_eval_records
 from crossdefense.generation import DecodingConfig, expand_inputs
 from crossdefense.paths import EMBEDDED_MODEL_DIR, MINI_DATA_DIR
@@ -94,4 +95,5 @@ def main(
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import fire
 
+from crossdefense.cli import reject_unknown_flags
 from crossdefense.paths import EMBEDDED_MODEL_DIR
 
 SETUPS = {
@@ -144,4 +145,5 @@ def main(
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

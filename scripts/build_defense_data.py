@@ -16,6 +16,7 @@ import sys
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 from crossdefense.mixture import DEFAULT_ALPACA, DEFAULT_SAFETY_PATH, build_defense_data
 
 
@@ -80,4 +81,5 @@ def main(
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

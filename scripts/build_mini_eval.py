@@ -16,6 +16,7 @@ import sys
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 from crossdefense.minidata import MINI_EVAL_DIR, write_eval_files
 
 
@@ -35,4 +36,5 @@ def main(output_dir: str | None = None) -> None:
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

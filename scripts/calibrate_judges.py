@@ -7,6 +7,7 @@ import sys
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 
 
 def main(
@@ -55,4 +56,5 @@ def main(
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

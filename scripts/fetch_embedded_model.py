@@ -12,6 +12,7 @@ from pathlib import Path
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 from crossdefense.embedded import fetch_embedded_model
 from crossdefense.paths import EMBEDDED_MODEL_DIR
 
@@ -35,4 +36,5 @@ def main(
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

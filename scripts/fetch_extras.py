@@ -13,6 +13,7 @@ from pathlib import Path
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 from crossdefense.mixture import attach_cnn_references, fetch_alpaca, fetch_beavertails_unsafe
 
 
@@ -35,4 +36,5 @@ def main(dest: str, evaluation_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

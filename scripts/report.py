@@ -8,6 +8,7 @@ import sys
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 from crossdefense.paths import EVALUATION_DIR
 
 
@@ -40,4 +41,5 @@ def main(
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

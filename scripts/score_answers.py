@@ -9,6 +9,7 @@ from pathlib import Path
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 from crossdefense.paths import EVALUATION_DIR
 
 
@@ -69,4 +70,5 @@ def main(
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)

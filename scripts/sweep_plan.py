@@ -17,6 +17,7 @@ import sys
 import fire
 
 from crossdefense import UserError
+from crossdefense.cli import reject_unknown_flags
 
 ACTIONS = ("plan", "count", "commands", "run", "build", "score", "report", "summary")
 
@@ -89,4 +90,5 @@ def main(
 
 
 if __name__ == "__main__":
+    reject_unknown_flags(main)
     fire.Fire(main)
