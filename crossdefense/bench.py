@@ -77,8 +77,17 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def batched_generate(model, tokenizer, prompter, records, cfg, batch_size):
-    rows = generate_records(model, tokenizer, prompter, records, cfg, batch_size, progress=False)
+def batched_generate(model, tokenizer, prompter, records, cfg, batch_size, share_prefix=True):
+    rows = generate_records(
+        model,
+        tokenizer,
+        prompter,
+        records,
+        cfg,
+        batch_size,
+        progress=False,
+        share_prefix=share_prefix,
+    )
     prompt_tokens = sum(r["prompt_tokens"] for r in rows)
     return rows, prompt_tokens, sum(r["new_tokens"] for r in rows)
 

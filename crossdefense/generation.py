@@ -119,31 +119,165 @@ def _pad_left(batch: list[list[int]], pad_id: int):
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, x in enumerate(batch):
-        ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-        mask[i, width - len(x) :] = 1
+        if x:
+            ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            mask[i, width - len(x) :] = 1
     return ids, mask
 
 
-def generate_ids(model, tokenizer, batch: list[list[int]], cfg: DecodingConfig) -> list[list[int]]:
-    """New tokens only (`sequences[:, prompt_len:]`), one list per prompt, padding removed."""
-    import torch
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
-    ids, mask = _pad_left(batch, tokenizer.pad_token_id)
+
+def group_prompts(prompts: list[list[int]]) -> list[list[int]]:
+    """Indices of prompts that share at least half of every member's tokens from the start.
+
+    Upstream's prompts put the document first and the task instruction after it, so the same
+    document under several tasks (and the same template header everywhere) is a shared prefix:
+    each group's prefix is then computed once and its KV cache reused by every member.
+    Lexicographic order puts such prompts next to each other.
+    """
+    groups: list[list[int]] = []
+    shared = longest = 0
+    for i in sorted(range(len(prompts)), key=lambda i: prompts[i]):
+        if groups:
+            n = min(shared, common_prefix_len(prompts[groups[-1][0]], prompts[i]))
+            if 2 * n >= max(longest, len(prompts[i])):
+                groups[-1].append(i)
+                shared, longest = n, max(longest, len(prompts[i]))
+                continue
+        groups.append([i])
+        shared = longest = len(prompts[i])
+    return groups
+
+
+def plan_batches(prompts: list[list[int]], batch_size: int) -> list[list[list[int]]]:
+    """Batches of whole groups (a group larger than a batch is split), longest prompts first:
+    prompts of similar length share a batch (little padding) and an out-of-memory error shows
+    in the first batch."""
+    if batch_size < 1:
+        raise UserError("--batch_size must be >= 1")
+    chunks = [
+        g[k : k + batch_size]
+        for g in group_prompts(prompts)
+        for k in range(0, len(g), batch_size)
+    ]
+    chunks.sort(key=lambda g: -max(len(prompts[i]) for i in g))
+    batches: list[list[list[int]]] = []
+    size = 0
+    for g in chunks:
+        if batches and size + len(g) <= batch_size:
+            batches[-1].append(g)
+            size += len(g)
+        else:
+            batches.append([g])
+            size = len(g)
+    return batches
+
+
+def _positions(mask):
+    """Position ids as `generate` derives them from the attention mask (pads get 0)."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def _prefill(model, cache, ids, mask_so_far):
+    """Run `ids` (new columns of a batch whose full mask is `mask_so_far`) into `cache`."""
+    width = ids.shape[1]
+    model(
+        input_ids=ids,
+        attention_mask=mask_so_far,
+        position_ids=_positions(mask_so_far)[:, -width:],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+
+
+def generate_ids(
+    model,
+    tokenizer,
+    groups: list[list[list[int]]],
+    cfg: DecodingConfig,
+    share_prefix: bool = True,
+) -> list[list[list[int]]]:
+    """New tokens only, one list per prompt (padding and end marker removed), grouped as given.
+
+    With `share_prefix`, a prompt is laid out as [common | group part | own suffix]: the
+    prefix common to the whole batch (template header) is prefilled once, each group's part
+    (its document) once per group, and the KV cache is copied to every prompt and beam before
+    `generate` continues with the suffixes. Each segment is left-padded inside itself; the
+    attention mask hides the pads and positions count real tokens only, so every prompt sees
+    exactly the tokens and positions it would see alone. Without it: one left-padded batch.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    rows = [p for g in groups for p in g]
     device = next(model.parameters()).device
+    cache = None
+    if share_prefix:
+        owner = torch.tensor([gi for gi, g in enumerate(groups) for _ in g])
+        # each group's shared length; every prompt keeps at least one token for generate
+        glen = []
+        for g in groups:
+            n = min(len(p) - 1 for p in g)
+            for p in g[1:]:
+                n = min(n, common_prefix_len(g[0], p))
+            glen.append(n)
+        common = min(glen)
+        for g in groups[1:]:
+            common = min(common, common_prefix_len(groups[0][0], g[0]))
+        head = torch.tensor([groups[0][0][:common]], dtype=torch.long)
+        part_ids, part_mask = _pad_left(
+            [g[0][common:n] for g, n in zip(groups, glen, strict=True)], tokenizer.pad_token_id
+        )
+        tail_ids, tail_mask = _pad_left(
+            [p[glen[gi] :] for gi, g in enumerate(groups) for p in g], tokenizer.pad_token_id
+        )
+        n_groups = len(groups)
+        head_mask = torch.ones((n_groups, common), dtype=torch.long)
+        ids = torch.cat([head.expand(len(rows), -1), part_ids[owner], tail_ids], 1)
+        mask = torch.cat([head_mask[owner], part_mask[owner], tail_mask], 1)
+        if common + part_ids.shape[1] > 0:
+            cache = DynamicCache(config=model.config)
+            with torch.inference_mode():
+                if common:
+                    _prefill(model, cache, head.to(device), head_mask[:1].to(device))
+                    cache.batch_select_indices(torch.zeros(n_groups, dtype=torch.long))
+                if part_ids.shape[1]:
+                    _prefill(
+                        model,
+                        cache,
+                        part_ids.to(device),
+                        torch.cat([head_mask, part_mask], 1).to(device),
+                    )
+            cache.batch_select_indices(owner.repeat_interleave(cfg.num_beams).to(device))
+    else:
+        ids, mask = _pad_left(rows, tokenizer.pad_token_id)
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
+            cache=cache,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             **cfg.generate_kwargs(),
         )
     new = out[:, ids.shape[1] :].tolist()
     stop = {tokenizer.pad_token_id, tokenizer.eos_token_id}
-    result = []
+    flat = []
     for row in new:
         cut = next((i for i, t in enumerate(row) if t in stop), len(row))
-        result.append(row[:cut])
+        flat.append(row[:cut])
+    result, k = [], 0
+    for g in groups:
+        result.append(flat[k : k + len(g)])
+        k += len(g)
     return result
 
 
@@ -156,41 +290,52 @@ def generate_records(
     batch_size: int,
     on_result=None,
     progress: bool = True,
+    share_prefix: bool = True,
 ) -> list[dict]:
     """One output row per record, in input order; `on_result(index, row)` as each arrives.
 
-    Prompts run longest first, so a batch holds prompts of similar length (little padding)
-    and an out-of-memory error shows in the first batch. Records may come from several eval
-    files: pooling them fills batches that one small file would leave half empty.
+    Records may come from several eval files: pooling them fills batches that one small file
+    would leave half empty, and puts a document's prompts under all five tasks in one batch,
+    where its prefix is computed once (see `generate_ids`).
     """
     import torch
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise UserError("--batch_size must be >= 1")
     encoded = [encode(tokenizer, prompter, r, cfg.max_input_tokens) for r in records]
-    order = sorted(range(len(records)), key=lambda i: -len(encoded[i].input_ids))
+    prompts = [e.input_ids for e in encoded]
+    plan = plan_batches if share_prefix else plan_batches_flat
+    batches = plan(prompts, batch_size)
     results: list[dict] = [{} for _ in records]
-    bar = tqdm(total=len(order), desc="generating", unit="prompt", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    bar = tqdm(total=len(records), desc="generating", unit="prompt", disable=not progress)
+    for b, batch in enumerate(batches):
         if cfg.do_sample:
-            torch.manual_seed(cfg.seed + start)
-        outs = generate_ids(model, tokenizer, [encoded[i].input_ids for i in chunk], cfg)
-        for i, new_ids in zip(chunk, outs, strict=True):
-            row = {
-                "id": records[i].id,
-                "output": tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
-                "prompt_tokens": len(encoded[i].input_ids),
-                "new_tokens": len(new_ids),
-                "document_tokens_cut": encoded[i].doc_tokens_cut,
-            }
-            results[i] = row
-            if on_result is not None:
-                on_result(i, row)
-        bar.update(len(chunk))
+            torch.manual_seed(cfg.seed + b)
+        outs = generate_ids(
+            model, tokenizer, [[prompts[i] for i in g] for g in batch], cfg, share_prefix
+        )
+        for g, group_out in zip(batch, outs, strict=True):
+            for i, new_ids in zip(g, group_out, strict=True):
+                row = {
+                    "id": records[i].id,
+                    "output": tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
+                    "prompt_tokens": len(prompts[i]),
+                    "new_tokens": len(new_ids),
+                    "document_tokens_cut": encoded[i].doc_tokens_cut,
+                }
+                results[i] = row
+                if on_result is not None:
+                    on_result(i, row)
+        bar.update(sum(len(g) for g in batch))
     bar.close()
     return results
+
+
+def plan_batches_flat(prompts: list[list[int]], batch_size: int) -> list[list[list[int]]]:
+    """Length-sorted batches of single prompts (no prefix sharing)."""
+    if batch_size < 1:
+        raise UserError("--batch_size must be >= 1")
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    return [[[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
 
 
 def train_facts(lora_weights: str | None) -> dict[str, Any] | None:
@@ -251,6 +396,7 @@ def run_generation(
     shard_index: int = 0,
     skip_existing: bool = False,
     flags: dict[str, Any] | None = None,
+    share_prefix: bool = True,
 ) -> list[Path]:
     """Validate everything, load the model once, then generate every eval file in turn."""
     from crossdefense import modeling
@@ -322,7 +468,16 @@ def run_generation(
         append_row(jobs[owner[i]][2].jsonl, row)
         rows_by_job[owner[i]][row["id"]] = row
 
-    generate_records(model, tokenizer, prompter, pooled, cfg, batch_size, on_result=keep)
+    generate_records(
+        model,
+        tokenizer,
+        prompter,
+        pooled,
+        cfg,
+        batch_size,
+        on_result=keep,
+        share_prefix=share_prefix,
+    )
 
     parameters = {
         "model": base_model,
@@ -337,6 +492,7 @@ def run_generation(
         "generation": {
             **cfg.to_dict(),
             "batch_size": batch_size,
+            "share_prefix": share_prefix,
             "load_4bit": load_4bit,
             "shard": [shard_index, num_shards],
         },

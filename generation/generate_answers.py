@@ -32,6 +32,7 @@ def main(
     top_k: int = 40,
     seed: int = 42,
     batch_size: int = 8,
+    share_prefix: bool = True,
     max_input_tokens: int = 2048,
     num_shards: int = 1,
     shard_index: int = 0,
@@ -60,6 +61,9 @@ def main(
         top_k: top-k sampling cut (with --do_sample).
         seed: random seed for sampling.
         batch_size: prompts per generate call (length-sorted, left-padded).
+        share_prefix: compute a prefix shared by several prompts once (the template header; a
+            document under several task instructions) and reuse its KV cache; --noshare_prefix
+            turns it off (one plain left-padded batch per call).
         max_input_tokens: prompt token limit; longer prompts lose the end of their document,
             never the task instruction.
         num_shards: split each eval file into this many shards (one per GPU) ...
@@ -98,6 +102,7 @@ def main(
             prompt_template=prompt_template_path,
             cfg=cfg,
             batch_size=batch_size,
+            share_prefix=share_prefix,
             load_8bit=load_8bit,
             load_4bit=load_4bit,
             trust_remote_code=trust_remote_code,

@@ -14,11 +14,13 @@ from crossdefense.generation import (
     DecodingConfig,
     expand_inputs,
     generate_records,
+    group_prompts,
+    plan_batches,
     run_generation,
     shard,
 )
 from crossdefense.prompts import load_prompter
-from crossdefense.tasks import doc_kind
+from crossdefense.tasks import TASKS, doc_kind
 from tests.helpers import write_eval
 
 
@@ -50,6 +52,96 @@ def test_batched_equals_one_by_one(model_and_tok, records, num_beams):
     batched = outputs(model, tok, records, cfg, batch_size=4)
     assert one == batched
     assert any(text for _, text, _ in one)
+
+
+@pytest.fixture(scope="module")
+def cross_task_records():
+    """Three documents under every task, as upstream's five test_{task}.json files hold them."""
+    docs = [
+        "The school opened a garden where students grow tomatoes and beans. " * 4,
+        "Heavy rain flooded several roads near the river on monday morning. " * 5,
+        "A local bakery won a prize for its sourdough bread and rye rolls. " * 6,
+    ]
+    return [
+        Record(f"{name}-{d}", task.join(doc))
+        for name, task in TASKS.items()
+        for d, doc in enumerate(docs)
+    ]
+
+
+def count_prefilled_tokens(model, monkeypatch) -> list[int]:
+    """Patch the model so every forward call records how many new positions it computed."""
+    seen: list[int] = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append(ids.numel())
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    return seen
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_shared_prefixes_give_the_same_answers(model_and_tok, cross_task_records, num_beams):
+    model, tok = model_and_tok
+    cfg = DecodingConfig(max_new_tokens=10, num_beams=num_beams)
+    shared = outputs(model, tok, cross_task_records, cfg, batch_size=15)
+    rows = generate_records(
+        model,
+        tok,
+        load_prompter("alpaca", tok),
+        cross_task_records,
+        cfg,
+        15,
+        progress=False,
+        share_prefix=False,
+    )
+    plain = [(r["id"], r["output"], r["new_tokens"]) for r in rows]
+    one = outputs(model, tok, cross_task_records, cfg, batch_size=1)
+    assert shared == plain == one
+    assert len({text for _, text, _ in shared}) > 1
+
+
+def test_a_shared_prefix_is_computed_once(model_and_tok, cross_task_records, monkeypatch):
+    model, tok = model_and_tok
+    prompter = load_prompter("alpaca", tok)
+    cfg = DecodingConfig(max_new_tokens=1, num_beams=1)
+    seen = count_prefilled_tokens(model, monkeypatch)
+    rows = generate_records(model, tok, prompter, cross_task_records, cfg, 15, progress=False)
+    shared = sum(seen)
+    seen.clear()
+    generate_records(
+        model, tok, prompter, cross_task_records, cfg, 15, progress=False, share_prefix=False
+    )
+    padded = sum(seen)
+    real = sum(r["prompt_tokens"] for r in rows)
+    # the case task lower-cases nothing here, so each document is one group of five prompts
+    assert shared < real / 2 < padded
+
+
+def test_prompt_groups_and_batches():
+    doc_a, doc_b = list(range(100, 140)), list(range(200, 230))
+    prompts = [
+        doc_a + [1, 2],
+        [7, 8, 9],
+        doc_b + [3],
+        doc_a + [4, 5, 6],
+        doc_b + [1, 2],
+        doc_a[:10] + [9] * 40,  # shares a quarter with doc_a: no group
+    ]
+    groups = group_prompts(prompts)
+    assert sorted(sorted(g) for g in groups) == [[0, 3], [1], [2, 4], [5]]
+    for size in (1, 2, 3, 4):
+        batches = plan_batches(prompts, size)
+        assert all(sum(len(g) for g in b) <= size for b in batches)
+        flat = sorted(i for b in batches for g in b for i in g)
+        assert flat == list(range(len(prompts)))
+    # whole groups stay together when they fit, longest first
+    assert plan_batches(prompts, 4)[0] == [[5], [0, 3]]
+    with pytest.raises(UserError, match="batch_size"):
+        plan_batches(prompts, 0)
 
 
 def test_max_new_tokens_and_sampling_flags_are_honoured(model_and_tok, records):

@@ -29,7 +29,7 @@ from crossdefense.tasks import TASK_NAMES, TASKS, detect_task, split_prompt
 COUNTS = {
     "harmful_train": 60,
     "harmful_eval": 24,
-    "benign_train": 40,
+    "benign_train": 80,
     "news_eval": 24,
     "useful_eval": 24,
 }
