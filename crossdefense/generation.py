@@ -163,9 +163,7 @@ def plan_batches(prompts: list[list[int]], batch_size: int) -> list[list[list[in
     if batch_size < 1:
         raise UserError("--batch_size must be >= 1")
     chunks = [
-        g[k : k + batch_size]
-        for g in group_prompts(prompts)
-        for k in range(0, len(g), batch_size)
+        g[k : k + batch_size] for g in group_prompts(prompts) for k in range(0, len(g), batch_size)
     ]
     chunks.sort(key=lambda g: -max(len(prompts[i]) for i in g))
     batches: list[list[list[int]]] = []
