@@ -33,6 +33,7 @@ class DemoConfig:
     eval_tasks: tuple[str, ...] = TASK_NAMES
     eval_limit: int = 12
     alpaca_size: int = 40  # plain Alpaca rows; benign document-task rows come on top
+    contrast: bool = False  # also train on the 40 topic-matched contrast documents
     num_safety: int = 16
     max_steps: int = 32
     micro_batch_size: int = 8
@@ -87,9 +88,22 @@ def benign_task_records(rows: list[dict[str, Any]], defended: str) -> list[dict[
     return out
 
 
-def write_benign_pool(path: Path, defended: str, num_alpaca: int) -> tuple[Path, int]:
+# benign_train ids from here on are contrast documents (data/README.md)
+FIRST_CONTRAST_ID = 41
+
+
+def benign_documents(contrast: bool) -> list[dict[str, Any]]:
+    rows = read_jsonl(DOCS / "benign_train.jsonl")
+    if contrast:
+        return rows
+    return [r for r in rows if int(r["id"].split("-")[1]) < FIRST_CONTRAST_ID]
+
+
+def write_benign_pool(
+    path: Path, defended: str, num_alpaca: int, contrast: bool = False
+) -> tuple[Path, int]:
     """The benign part of the demo mixture: document tasks + the first `num_alpaca` Alpaca rows."""
-    rows = benign_task_records(read_jsonl(DOCS / "benign_train.jsonl"), defended)
+    rows = benign_task_records(benign_documents(contrast), defended)
     rows += read_jsonl(MINI_DATA_DIR / "alpaca.jsonl")[:num_alpaca]
     write_jsonl(path, rows)
     return path, len(rows)
@@ -147,7 +161,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     if Path(cfg.base_model) == EMBEDDED_MODEL_DIR and fetch_embedded_model(EMBEDDED_MODEL_DIR):
         log.info("converted the embedded model into %s", EMBEDDED_MODEL_DIR)
     pool, pool_size = write_benign_pool(
-        out / "data" / "benign_pool.jsonl", cfg.task, cfg.alpaca_size
+        out / "data" / "benign_pool.jsonl", cfg.task, cfg.alpaca_size, cfg.contrast
     )
     mixtures = build_defense_data(
         task=cfg.task,

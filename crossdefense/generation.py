@@ -196,6 +196,82 @@ def _prefill(model, cache, ids, mask_so_far):
     )
 
 
+@dataclass
+class SharedLayout:
+    """A batch laid out as [head | part | tail]: `head` is common to every prompt, `part[g]`
+    is group g's shared remainder, `tail` each prompt's own suffix (at least one token)."""
+
+    head: Any  # LongTensor [1, H]
+    part_ids: Any  # LongTensor [groups, P], left-padded
+    part_mask: Any
+    tail_ids: Any  # LongTensor [prompts, T], left-padded
+    tail_mask: Any
+    owner: Any  # LongTensor [prompts]: each prompt's group
+
+    def inputs(self):
+        """The full prompts (input ids and attention mask) in this layout."""
+        import torch
+
+        rows = len(self.owner)
+        head_mask = torch.ones_like(self.head)
+        ids = torch.cat([self.head.expand(rows, -1), self.part_ids[self.owner], self.tail_ids], 1)
+        mask = torch.cat(
+            [head_mask.expand(rows, -1), self.part_mask[self.owner], self.tail_mask], 1
+        )
+        return ids, mask
+
+
+def shared_layout(groups: list[list[list[int]]], pad_id: int) -> SharedLayout:
+    import torch
+
+    glen = []  # each group's shared length; every prompt keeps a token for generate
+    for g in groups:
+        n = min(len(p) - 1 for p in g)
+        for p in g[1:]:
+            n = min(n, common_prefix_len(g[0], p))
+        glen.append(n)
+    head = min(glen)
+    for g in groups[1:]:
+        head = min(head, common_prefix_len(groups[0][0], g[0]))
+    part_ids, part_mask = _pad_left(
+        [g[0][head:n] for g, n in zip(groups, glen, strict=True)], pad_id
+    )
+    tail_ids, tail_mask = _pad_left(
+        [p[n:] for g, n in zip(groups, glen, strict=True) for p in g], pad_id
+    )
+    return SharedLayout(
+        head=torch.tensor([groups[0][0][:head]], dtype=torch.long),
+        part_ids=part_ids,
+        part_mask=part_mask,
+        tail_ids=tail_ids,
+        tail_mask=tail_mask,
+        owner=torch.tensor([gi for gi, g in enumerate(groups) for _ in g]),
+    )
+
+
+def prefix_cache(model, layout: SharedLayout, num_beams: int):
+    """The KV cache of [head | part] for every prompt and beam: the head computed once, each
+    group's part once, then copied (None when there is nothing to precompute)."""
+    import torch
+    from transformers import DynamicCache
+
+    n_head, n_groups = layout.head.shape[1], layout.part_ids.shape[0]
+    if n_head + layout.part_ids.shape[1] == 0:
+        return None
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    head_mask = torch.ones((n_groups, n_head), dtype=torch.long)
+    with torch.inference_mode():
+        if n_head:
+            _prefill(model, cache, layout.head.to(device), head_mask[:1].to(device))
+            cache.batch_select_indices(torch.zeros(n_groups, dtype=torch.long, device=device))
+        if layout.part_ids.shape[1]:
+            mask = torch.cat([head_mask, layout.part_mask], 1)
+            _prefill(model, cache, layout.part_ids.to(device), mask.to(device))
+    cache.batch_select_indices(layout.owner.repeat_interleave(num_beams).to(device))
+    return cache
+
+
 def generate_ids(
     model,
     tokenizer,
@@ -205,58 +281,23 @@ def generate_ids(
 ) -> list[list[list[int]]]:
     """New tokens only, one list per prompt (padding and end marker removed), grouped as given.
 
-    With `share_prefix`, a prompt is laid out as [common | group part | own suffix]: the
-    prefix common to the whole batch (template header) is prefilled once, each group's part
-    (its document) once per group, and the KV cache is copied to every prompt and beam before
-    `generate` continues with the suffixes. Each segment is left-padded inside itself; the
-    attention mask hides the pads and positions count real tokens only, so every prompt sees
-    exactly the tokens and positions it would see alone. Without it: one left-padded batch.
+    With `share_prefix`, the batch's common head (template header) is computed once, each
+    group's part (its document) once per group, and the KV cache is copied to every prompt and
+    beam before `generate` continues with the suffixes. Each segment is left-padded inside
+    itself; the attention mask hides the pads and positions count real tokens only, so every
+    prompt sees exactly the tokens and positions it would see alone. Without it: one plain
+    left-padded batch.
     """
     import torch
-    from transformers import DynamicCache
 
-    rows = [p for g in groups for p in g]
-    device = next(model.parameters()).device
     cache = None
     if share_prefix:
-        owner = torch.tensor([gi for gi, g in enumerate(groups) for _ in g])
-        # each group's shared length; every prompt keeps at least one token for generate
-        glen = []
-        for g in groups:
-            n = min(len(p) - 1 for p in g)
-            for p in g[1:]:
-                n = min(n, common_prefix_len(g[0], p))
-            glen.append(n)
-        common = min(glen)
-        for g in groups[1:]:
-            common = min(common, common_prefix_len(groups[0][0], g[0]))
-        head = torch.tensor([groups[0][0][:common]], dtype=torch.long)
-        part_ids, part_mask = _pad_left(
-            [g[0][common:n] for g, n in zip(groups, glen, strict=True)], tokenizer.pad_token_id
-        )
-        tail_ids, tail_mask = _pad_left(
-            [p[glen[gi] :] for gi, g in enumerate(groups) for p in g], tokenizer.pad_token_id
-        )
-        n_groups = len(groups)
-        head_mask = torch.ones((n_groups, common), dtype=torch.long)
-        ids = torch.cat([head.expand(len(rows), -1), part_ids[owner], tail_ids], 1)
-        mask = torch.cat([head_mask[owner], part_mask[owner], tail_mask], 1)
-        if common + part_ids.shape[1] > 0:
-            cache = DynamicCache(config=model.config)
-            with torch.inference_mode():
-                if common:
-                    _prefill(model, cache, head.to(device), head_mask[:1].to(device))
-                    cache.batch_select_indices(torch.zeros(n_groups, dtype=torch.long))
-                if part_ids.shape[1]:
-                    _prefill(
-                        model,
-                        cache,
-                        part_ids.to(device),
-                        torch.cat([head_mask, part_mask], 1).to(device),
-                    )
-            cache.batch_select_indices(owner.repeat_interleave(cfg.num_beams).to(device))
+        layout = shared_layout(groups, tokenizer.pad_token_id)
+        ids, mask = layout.inputs()
+        cache = prefix_cache(model, layout, cfg.num_beams)
     else:
-        ids, mask = _pad_left(rows, tokenizer.pad_token_id)
+        ids, mask = _pad_left([p for g in groups for p in g], tokenizer.pad_token_id)
+    device = next(model.parameters()).device
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids.to(device),

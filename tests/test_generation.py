@@ -18,6 +18,7 @@ from crossdefense.generation import (
     plan_batches,
     run_generation,
     shard,
+    shared_layout,
 )
 from crossdefense.prompts import load_prompter
 from crossdefense.tasks import TASKS, doc_kind
@@ -142,6 +143,23 @@ def test_prompt_groups_and_batches():
     assert plan_batches(prompts, 4)[0] == [[5], [0, 3]]
     with pytest.raises(UserError, match="batch_size"):
         plan_batches(prompts, 0)
+
+
+def test_shared_layout_rebuilds_every_prompt():
+    header, doc_a, doc_b = [1, 2, 3], list(range(10, 30)), list(range(40, 55))
+    groups = [
+        [header + doc_a + [5, 6], header + doc_a + [7], header + doc_a + [5, 8, 9]],
+        [header + doc_b + [5]],
+    ]
+    layout = shared_layout(groups, pad_id=0)
+    assert layout.head.tolist() == [header]
+    # group 0 shares doc_a; a one-prompt group keeps only its last token for generate
+    assert layout.part_mask.sum(1).tolist() == [len(doc_a), len(doc_b)]
+    assert layout.tail_mask.sum(1).tolist() == [2, 1, 3, 1]
+    ids, mask = layout.inputs()
+    flat = [p for g in groups for p in g]
+    assert [row[m == 1].tolist() for row, m in zip(ids, mask, strict=True)] == flat
+    assert mask[:, -1].tolist() == [1, 1, 1, 1]  # every prompt ends with a real token
 
 
 def test_max_new_tokens_and_sampling_flags_are_honoured(model_and_tok, records):
