@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -75,6 +76,7 @@ def count_prefilled_tokens(model, monkeypatch) -> list[int]:
     seen: list[int] = []
     forward = model.forward
 
+    @functools.wraps(forward)  # generate reads forward's signature to decide on position ids
     def counting(*args, **kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         seen.append(ids.numel())
@@ -103,6 +105,31 @@ def test_shared_prefixes_give_the_same_answers(model_and_tok, cross_task_records
     one = outputs(model, tok, cross_task_records, cfg, batch_size=1)
     assert shared == plain == one
     assert len({text for _, text, _ in shared}) > 1
+
+
+def test_shared_prefixes_under_a_lora_adapter(tiny_model_dir, cross_task_records, monkeypatch):
+    """The adapter wrapper (PeftModel) passes the precomputed cache through to the base model:
+    same answers, fewer positions computed."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(base, lora).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompter = load_prompter("alpaca", tok)
+    cfg = DecodingConfig(max_new_tokens=8, num_beams=2)
+    seen = count_prefilled_tokens(base, monkeypatch)
+    texts, computed = [], []
+    for share in (True, False):
+        seen.clear()
+        rows = generate_records(
+            model, tok, prompter, cross_task_records, cfg, 15, progress=False, share_prefix=share
+        )
+        texts.append([r["output"] for r in rows])
+        computed.append(sum(seen))
+    assert texts[0] == texts[1]
+    assert computed[0] < computed[1] / 2
 
 
 def test_a_shared_prefix_is_computed_once(model_and_tok, cross_task_records, monkeypatch):
