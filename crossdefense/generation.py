@@ -156,15 +156,16 @@ def group_prompts(prompts: list[list[int]]) -> list[list[int]]:
     return groups
 
 
-def plan_batches(prompts: list[list[int]], batch_size: int) -> list[list[list[int]]]:
+def plan_batches(
+    prompts: list[list[int]], batch_size: int, share_prefix: bool = True
+) -> list[list[list[int]]]:
     """Batches of whole groups (a group larger than a batch is split), longest prompts first:
     prompts of similar length share a batch (little padding) and an out-of-memory error shows
-    in the first batch."""
+    in the first batch. Without `share_prefix` every prompt is a group of its own."""
     if batch_size < 1:
         raise UserError("--batch_size must be >= 1")
-    chunks = [
-        g[k : k + batch_size] for g in group_prompts(prompts) for k in range(0, len(g), batch_size)
-    ]
+    groups = group_prompts(prompts) if share_prefix else [[i] for i in range(len(prompts))]
+    chunks = [g[k : k + batch_size] for g in groups for k in range(0, len(g), batch_size)]
     chunks.sort(key=lambda g: -max(len(prompts[i]) for i in g))
     batches: list[list[list[int]]] = []
     size = 0
@@ -342,8 +343,7 @@ def generate_records(
 
     encoded = [encode(tokenizer, prompter, r, cfg.max_input_tokens) for r in records]
     prompts = [e.input_ids for e in encoded]
-    plan = plan_batches if share_prefix else plan_batches_flat
-    batches = plan(prompts, batch_size)
+    batches = plan_batches(prompts, batch_size, share_prefix)
     results: list[dict] = [{} for _ in records]
     bar = tqdm(total=len(records), desc="generating", unit="prompt", disable=not progress)
     for b, batch in enumerate(batches):
@@ -367,14 +367,6 @@ def generate_records(
         bar.update(sum(len(g) for g in batch))
     bar.close()
     return results
-
-
-def plan_batches_flat(prompts: list[list[int]], batch_size: int) -> list[list[list[int]]]:
-    """Length-sorted batches of single prompts (no prefix sharing)."""
-    if batch_size < 1:
-        raise UserError("--batch_size must be >= 1")
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    return [[[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
 
 
 def train_facts(lora_weights: str | None) -> dict[str, Any] | None:

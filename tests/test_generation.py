@@ -168,6 +168,8 @@ def test_prompt_groups_and_batches():
         assert flat == list(range(len(prompts)))
     # whole groups stay together when they fit, longest first
     assert plan_batches(prompts, 4)[0] == [[5], [0, 3]]
+    # without sharing: single prompts, longest first
+    assert plan_batches(prompts, 4, share_prefix=False) == [[[5], [3], [0], [4]], [[2], [1]]]
     with pytest.raises(UserError, match="batch_size"):
         plan_batches(prompts, 0)
 
