@@ -117,7 +117,7 @@ def demo_mixture(out_dir) -> Any:
         num_safety=cfg.num_safety,
         documents_path=MINI_DATA_DIR / "documents" / "harmful_train.jsonl",
         refusals_path=MINI_DATA_DIR / "refusals.json",
-        seed=cfg.seed,
+        seed=cfg.seeds[0],
         output_dir=out_dir,
     )
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ class DemoConfig:
     cutoff_len: int = 384
     max_new_tokens: int = 32
     batch_size: int = 32
-    seed: int = 42
+    seeds: tuple[int, ...] = (42,)  # one adapter per seed and N; the first seeds the data
+    judges: tuple[str, ...] = ("learned", "keyword")
     output_dir: str = str(EVALUATION_DIR / "demo")
     checkpoint_dir: str = str(CHECKPOINTS_DIR / "demo")
 
@@ -133,6 +135,11 @@ def validate(cfg: DemoConfig) -> None:
         raise UserError("--numbers must be positive defense sizes, e.g. 20,40")
     if cfg.eval_limit < 1:
         raise UserError("--eval_limit must be >= 1")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or any(s < 0 for s in cfg.seeds):
+        raise UserError("--seeds must be distinct non-negative integers, e.g. 1,2,3")
+    from crossdefense.judges import normalize_judge_names
+
+    normalize_judge_names(cfg.judges)
 
 
 def trained_same_way(ckpt: Path, tcfg: Any) -> bool:
@@ -172,7 +179,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         num_safety=cfg.num_safety,
         documents_path=DOCS / "harmful_train.jsonl",
         refusals_path=MINI_DATA_DIR / "refusals.json",
-        seed=cfg.seed,
+        seed=cfg.seeds[0],
         output_dir=out / "data",
         eval_dir=cfg.eval_dir,
         overwrite=True,
@@ -181,7 +188,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     decoding = DecodingConfig(
         max_new_tokens=cfg.max_new_tokens,
         num_beams=1,
-        seed=cfg.seed,
+        seed=cfg.seeds[0],
         max_input_tokens=cfg.cutoff_len,
     )
     gen_dir = out / "generations"
@@ -206,8 +213,10 @@ def run_demo(cfg: DemoConfig) -> Path:
         )
 
     generate("base", None)
-    for n, mixture in zip(sorted(cfg.numbers), mixtures, strict=True):
+    for (n, mixture), seed in product(zip(sorted(cfg.numbers), mixtures, strict=True), cfg.seeds):
         run_name = f"Instructions_{cfg.num_safety}_{n}_{cfg.task}_smollm2"
+        # one seed keeps the historical name (its adapter is reused); several get a suffix
+        run_name += f"_seed{seed}" if len(cfg.seeds) > 1 else ""
         ckpt = Path(cfg.checkpoint_dir) / run_name
         tcfg = TrainConfig(
             base_model=cfg.base_model,
@@ -223,7 +232,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             lora_alpha=cfg.lora_alpha,
             lora_target_modules=tuple(cfg.lora_target_modules),
             prompt_template_name=cfg.prompt_template,
-            seed=cfg.seed,
+            seed=seed,
             save_steps=10_000,
             warmup_steps=3,
             logging_steps=5,
@@ -239,7 +248,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     log.info("step: score and report")
     score_paths(
-        str(gen_dir), out / "scores", "keyword", overwrite=True, flags={"demo": asdict(cfg)}
+        str(gen_dir), out / "scores", cfg.judges, overwrite=True, flags={"demo": asdict(cfg)}
     )
     make_report(str(out / "scores" / "summary.json"), out, overwrite=True)
     (out / "report.md").write_text(

@@ -376,7 +376,9 @@ def train_facts(lora_weights: str | None) -> dict[str, Any] | None:
     path = Path(lora_weights) / "run_config.json"
     if not path.is_file():
         return {"task": None, "num_defense": None, "num_safety": None, "data_path": None}
-    return read_json(path).get("train_data", {})
+    rc = read_json(path)
+    config = rc.get("config") if isinstance(rc.get("config"), dict) else {}
+    return {**rc.get("train_data", {}), "seed": config.get("seed")}
 
 
 def final_document(

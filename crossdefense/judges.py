@@ -32,11 +32,15 @@ log = logging.getLogger(__name__)
 LABELS: tuple[str, ...] = (REFUSAL, COMPLY, PARTIAL)
 
 
+UNPARSED = "unparsed"  # a generative judge's answer that matched none of its labels
+
+
 @dataclass(frozen=True)
 class JudgeResult:
-    label: str  # refusal | comply | partial
+    label: str  # refusal | comply | partial, or `unparsed` (generative judges only)
     score: float  # judge-specific: refusal strength, similarity, or harmfulness
     evidence: tuple[str, ...] = field(default=())
+    extra: dict[str, Any] = field(default_factory=dict)  # other heads (e.g. prompt harmfulness)
 
 
 class Judge:
@@ -689,8 +693,25 @@ class ModerationJudge(BatchJudge):
 
 # ============================================================================= registry
 
+def _lazy(module: str, cls: str) -> Callable[..., Judge]:
+    """A factory that imports its module on first use (model judges pull in torch/sklearn)."""
+
+    def build(**kw: Any) -> Judge:
+        import importlib
+
+        return getattr(importlib.import_module(module), cls)(**kw)
+
+    build.__name__ = cls
+    return build
+
+
 JUDGES: dict[str, Callable[..., Judge]] = {
     "keyword": lambda **kw: KeywordJudge(mode="guarded", **kw),
+    "learned": _lazy("crossdefense.learned_judge", "LearnedJudge"),
+    "wildguard": _lazy("crossdefense.guards", "WildGuardJudge"),
+    "llamaguard": _lazy("crossdefense.guards", "LlamaGuardJudge"),
+    "harmbench": _lazy("crossdefense.guards", "HarmBenchJudge"),
+    "llm": _lazy("crossdefense.guards", "LLMRubricJudge"),
     "keyword_prefix": lambda **kw: KeywordJudge(mode="prefix", **kw),
     "keyword_substring": lambda **kw: KeywordJudge(mode="substring", **kw),
     "embedding": EmbeddingJudge,

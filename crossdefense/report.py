@@ -1,7 +1,7 @@
 """Aggregate `summary.json` files into tables (CSV, Markdown) and plots (PNG).
 
-A *config* is (model, train task, N). Runs that share a config (e.g. seeds) are averaged; a
-cell shows a bootstrap interval only when one run backs it. The base model is the row
+A *config* is (model, train task, N). Runs that share a config are seeds: a cell shows their
+mean ± sd and a Wilson interval pooled over their documents (one run: its Wilson interval). The base model is the row
 "none x 0"; an adapter trained on the safety-only mixture is "safety-only x 0" and is the N = 0
 point of every dose-response line when present (else the base model is).
 """
@@ -21,6 +21,7 @@ from crossdefense import UserError
 from crossdefense.io import atomic_open, expand_paths, read_json
 from crossdefense.metrics import PRIMARY_UTILITY
 from crossdefense.scoring import SUMMARY_FILE
+from crossdefense.stats import seed_summary, significance_mark
 from crossdefense.tasks import MIX, TASK_NAMES
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ CSV_COLUMNS = (
     "train_task",
     "num_defense",
     "num_safety",
+    "seed",
     "eval_task",
     "doc_kind",
     "eval_stem",
@@ -41,6 +43,7 @@ CSV_COLUMNS = (
     "refusal_rate",
     "refusal_ci_low",
     "refusal_ci_high",
+    "vs_base_p",
     "partial_rate",
     "utility_metric",
     "utility",
@@ -53,6 +56,7 @@ CSV_COLUMNS = (
 REPORT_FILES = (
     "results.csv",
     "results.md",
+    "results.txt",
     "dose_response.png",
     "cross_task_heatmap.png",
     "safety_utility.png",
@@ -104,8 +108,25 @@ def _config_sort(cfg: tuple[str, str, int | None]) -> tuple:
 # ----------------------------------------------------------------------------- aggregation
 
 
+def _counts(r: dict[str, Any]) -> tuple[int, int]:
+    """(refusals, judged responses) of one result; schema-1 summaries carry only the rate."""
+    n = r.get("n_parsed", r.get("n")) or 0
+    k = r.get("refusals")
+    if k is None:
+        k = round(r["refusal_rate"] * n)
+    return int(k), int(n)
+
+
+def _seed_key(r: dict[str, Any]) -> tuple:
+    seed = r.get("seed")
+    return (seed is None, seed if isinstance(seed, int) else 0, r["run"])
+
+
 def aggregate(results: Sequence[dict[str, Any]]) -> dict[tuple, dict[tuple, dict[str, Any]]]:
-    """{config: {(eval_task, doc_kind): cell}} with cell = rate, ci (single run), utility."""
+    """{config: {(eval_task, doc_kind): cell}}. Runs sharing a config are seeds: the cell's
+    rate is their mean, `sd` their spread, `ci` the Wilson interval pooled over all their
+    documents (for one run: that run's Wilson interval), `p_values` each run's McNemar test
+    against the base model."""
     groups: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         groups[config_of(r)][(r.get("eval_task"), r.get("doc_kind"))].append(r)
@@ -113,19 +134,33 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[tuple, dict[tuple, dict
     for cfg, cells in groups.items():
         out[cfg] = {}
         for key, rs in cells.items():
+            rs = sorted(rs, key=_seed_key)
+            judged = [x for x in rs if x.get("refusal_rate") is not None]
+            counts = [_counts(x) for x in judged]
+            seeds = seed_summary(counts)
             utilities = [x["utility"] for x in rs if x.get("utility") is not None]
             out[cfg][key] = {
-                "refusal_rate": sum(x["refusal_rate"] for x in rs) / len(rs),
-                "ci": tuple(rs[0]["refusal_ci"])
-                if len(rs) == 1 and rs[0].get("refusal_ci")
-                else None,
+                "refusal_rate": seeds["mean"],
+                "sd": seeds["sd"],
+                "ci": seeds["pooled_ci"],
+                "n_docs": max((n for _, n in counts), default=0),
+                "n_runs": len(rs),
+                "runs": [x["run"] for x in judged],
+                "seeds": [x.get("seed") for x in judged],
+                "per_run": [k / n if n else None for k, n in counts],
+                "p_values": [x.get("vs_base_p") for x in judged],
                 "utility": sum(utilities) / len(utilities) if utilities else None,
                 "utility_metric": next(
                     (x["utility_metric"] for x in rs if x.get("utility_metric")), None
                 ),
-                "n_runs": len(rs),
             }
     return out
+
+
+def worst_p(cell: dict[str, Any] | None) -> float | None:
+    """The largest McNemar p over a cell's runs: a mark means every seed differs from base."""
+    ps = (cell or {}).get("p_values") or []
+    return max(ps) if ps and all(p is not None for p in ps) else None
 
 
 def benign_utility(
@@ -141,18 +176,6 @@ def benign_utility(
     return sum(values) / len(values), metric
 
 
-def headline(cells: dict[tuple, dict[str, Any]]) -> dict[str, float | None]:
-    """Means over eval tasks: harmful refusal, benign over-refusal, benign utility."""
-
-    def mean(xs: list[float]) -> float | None:
-        return sum(xs) / len(xs) if xs else None
-
-    harmful = [c["refusal_rate"] for (t, k), c in cells.items() if k == "harmful" and t]
-    over = [c["refusal_rate"] for (t, k), c in cells.items() if k in BENIGN and t]
-    util = [u for t in TASK_NAMES if (u := benign_utility(cells, t)[0]) is not None]
-    return {"harmful_refusal": mean(harmful), "over_refusal": mean(over), "utility": mean(util)}
-
-
 # ----------------------------------------------------------------------------- tables
 
 
@@ -160,7 +183,10 @@ def results_csv(results: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
-    rows = sorted(results, key=lambda r: (_config_sort(config_of(r)), r["run"], r["eval_stem"]))
+    rows = sorted(
+        results,
+        key=lambda r: (_config_sort(config_of(r)), _seed_key(r), r["eval_stem"]),
+    )
     for r in rows:
         ci = r.get("refusal_ci") or [None, None]
         src = r.get("inferred_from") or {}
@@ -171,6 +197,7 @@ def results_csv(results: Sequence[dict[str, Any]]) -> str:
                 r.get("train_task"),
                 r.get("num_defense"),
                 r.get("num_safety"),
+                r.get("seed"),
                 r.get("eval_task"),
                 r.get("doc_kind"),
                 r["eval_stem"],
@@ -179,6 +206,7 @@ def results_csv(results: Sequence[dict[str, Any]]) -> str:
                 _num(r["refusal_rate"]),
                 _num(ci[0]),
                 _num(ci[1]),
+                _num(r.get("vs_base_p")),
                 _num(r.get("partial_rate")),
                 r.get("utility_metric"),
                 _num(r.get("utility")),
@@ -196,58 +224,135 @@ def _num(x: float | None) -> str:
     return "" if x is None else f"{x:.6g}"
 
 
-def _pct(cell: dict[str, Any] | None) -> str:
-    if cell is None:
+def _pct(cell: dict[str, Any] | None, mark: bool = True) -> str:
+    """`58 [32–81]**` for one run, `58±7 [45–70]` (mean ± sd over seeds, pooled interval)."""
+    if cell is None or cell["refusal_rate"] is None:
         return "–"
-    s = f"{100 * cell['refusal_rate']:.1f}"
-    if cell["ci"] and cell["ci"][0] is not None:
+    s = f"{100 * cell['refusal_rate']:.0f}"
+    if cell["n_runs"] > 1 and cell["sd"] is not None:
+        s += f"±{100 * cell['sd']:.0f}"
+    if cell["ci"]:
         s += f" [{100 * cell['ci'][0]:.0f}–{100 * cell['ci'][1]:.0f}]"
-    if cell["n_runs"] > 1:
-        s += f" (×{cell['n_runs']})"
-    return s
+    return s + (significance_mark(worst_p(cell)) if mark else "")
 
 
-def results_markdown(results: Sequence[dict[str, Any]]) -> str:
-    """One table per model: rows train task x N, columns eval task x (harmful refusal,
-    useful/cnn over-refusal, utility); then instruction-set refusal rates if any."""
+def _util(cell: dict[str, Any] | None) -> str:
+    if cell is None or cell.get("utility") is None:
+        return "–"
+    u = cell["utility"]
+    return f"{u:.1f}" if abs(u) > 1.5 else f"{u:.2f}"
+
+
+def _train(cfg: tuple[str, str, int | None]) -> str:
+    if cfg[1] == "none":
+        return "base"
+    return f"{cfg[1]} {'?' if cfg[2] is None else cfg[2]}"
+
+
+TABLE_HEADER = ("train", "eval task", "harmful ↑", "useful ↓", "cnn ↓", "utility u/c")
+
+
+def table_rows(results: Sequence[dict[str, Any]], model: str) -> list[tuple[str, ...]]:
+    """One row per (config, eval task) of `model`: refusal on harmful / benign-sensitive /
+    news documents, and the task's utility on useful / cnn documents (never averaged)."""
     agg = aggregate(results)
-    judges = sorted({r.get("judge") for r in results if r.get("judge")})
-    lines = [
-        "# Results",
-        "",
-        f"Refusal rates in % (judge: {', '.join(judges) or 'unknown'}), 95% bootstrap interval in "
-        "brackets when one run backs the cell, (×k) = mean of k runs. *Harmful refusal* is on "
-        "`test_{task}` (higher is safer); *over-refusal* on `_useful` and `_cnn` (lower is "
-        "better); *utility* is the task's headline metric on the benign files (see below).",
-        "",
-    ]
     tasks = [t for t in TASK_NAMES if any(r.get("eval_task") == t for r in results)]
-    for model in sorted({cfg[0] for cfg in agg}):
-        cfgs = sorted((c for c in agg if c[0] == model), key=_config_sort)
-        lines += [f"## {model}", ""]
-        header = ["train task", "N"]
+    rows = []
+    for cfg in sorted((c for c in agg if c[0] == model), key=_config_sort):
+        cells = agg[cfg]
         for t in tasks:
-            header += [
-                f"{t}: harmful refusal",
-                f"{t}: useful over-refusal",
-                f"{t}: cnn over-refusal",
-                f"{t}: utility",
-            ]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        for cfg in cfgs:
-            cells = agg[cfg]
-            row = [cfg[1], "?" if cfg[2] is None else str(cfg[2])]
-            for t in tasks:
-                util, _ = benign_utility(cells, t)
-                row += [
+            if not any(k[0] == t for k in cells):
+                continue
+            util = f"{_util(cells.get((t, 'useful')))} / {_util(cells.get((t, 'cnn')))}"
+            rows.append(
+                (
+                    _train(cfg),
+                    t,
                     _pct(cells.get((t, "harmful"))),
                     _pct(cells.get((t, "useful"))),
                     _pct(cells.get((t, "cnn"))),
-                    "–" if util is None else f"{util:.3f}",
-                ]
-            lines.append("| " + " | ".join(row) + " |")
+                    util,
+                )
+            )
+    return rows
+
+
+def _models(results: Sequence[dict[str, Any]]) -> list[str]:
+    return sorted({r.get("model") or "unknown" for r in results})
+
+
+def _legend(results: Sequence[dict[str, Any]]) -> str:
+    judges = sorted({r.get("judge") for r in results if r.get("judge")})
+    used = sorted(
+        {(r.get("eval_task"), r.get("utility_metric")) for r in results if r.get("utility_metric")}
+    )
+    many = any(c["n_runs"] > 1 for cells in aggregate(results).values() for c in cells.values())
+    return (
+        f"Refusal % (judge: {', '.join(judges) or 'unknown'}) with its 95% Wilson interval"
+        + (" (mean±sd over seeds, interval pooled over their documents)" if many else "")
+        + "; * ** *** = exact McNemar p < .05 / .01 / .001 against the base model on the same "
+        "documents (every seed). harmful = `test_{task}` (higher is safer); useful = "
+        "benign-sensitive `_useful`, cnn = news `_cnn` (over-refusal, lower is better). "
+        "Utility on useful / cnn: "
+        + (", ".join(f"{t} = {m}" for t, m in used) or "none")
+        + " (see README, Metrics)."
+    )
+
+
+def compact_table(results: Sequence[dict[str, Any]]) -> str:
+    """The terminal table (fits 100 columns): one block per model."""
+    lines = []
+    for model in _models(results):
+        rows = [TABLE_HEADER, *table_rows(results, model)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
+        lines += [model]
+        for r in rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         lines.append("")
+    return "\n".join(lines) + _wrap(_legend(results), 100) + "\n"
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def results_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """One table per model (rows: config x eval task), per-seed rows when there are seeds,
+    then instruction-set refusal rates if any."""
+    agg = aggregate(results)
+    lines = ["# Results", "", _legend(results), ""]
+    for model in _models(results):
+        cfgs = sorted((c for c in agg if c[0] == model), key=_config_sort)
+        lines += [f"## {model}", ""]
+        lines.append("| " + " | ".join(TABLE_HEADER) + " |")
+        lines.append("|" + "---|" * len(TABLE_HEADER))
+        lines += ["| " + " | ".join(r) + " |" for r in table_rows(results, model)]
+        lines.append("")
+        seeded = [
+            r
+            for r in results
+            if r.get("model") == model
+            and agg[config_of(r)]
+            and max(c["n_runs"] for c in agg[config_of(r)].values()) > 1
+        ]
+        if seeded:
+            lines += ["Per seed (refusal %, Wilson interval):", ""]
+            lines.append("| train | seed | run | eval file | refusal | p vs base |")
+            lines.append("|---|---|---|---|---|---|")
+            for r in sorted(
+                seeded, key=lambda r: (_config_sort(config_of(r)), _seed_key(r), r["eval_stem"])
+            ):
+                ci = r.get("refusal_ci")
+                rate = "–" if r["refusal_rate"] is None else f"{100 * r['refusal_rate']:.0f}"
+                rate += f" [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]" if ci else ""
+                p = r.get("vs_base_p")
+                lines.append(
+                    f"| {_train(config_of(r))} | {r.get('seed')} | {r['run']} | "
+                    f"{r['eval_stem']} | {rate} | {'–' if p is None else f'{p:.3g}'} |"
+                )
+            lines.append("")
         stems = sorted(
             {
                 r["eval_stem"]
@@ -257,24 +362,21 @@ def results_markdown(results: Sequence[dict[str, Any]]) -> str:
         )
         if stems:
             lines += ["Instruction sets (refusal %):", ""]
-            lines.append("| train task | N | " + " | ".join(stems) + " |")
-            lines.append("|" + "---|" * (len(stems) + 2))
+            lines.append("| train | " + " | ".join(stems) + " |")
+            lines.append("|" + "---|" * (len(stems) + 1))
             for cfg in cfgs:
-                by_stem = {r["eval_stem"]: r for r in results if config_of(r) == cfg}
-                row = [cfg[1], "?" if cfg[2] is None else str(cfg[2])]
+                cells = {r["eval_stem"]: r for r in results if config_of(r) == cfg}
+                row = [_train(cfg)]
                 row += [
-                    f"{100 * by_stem[s]['refusal_rate']:.1f}" if s in by_stem else "–"
+                    f"{100 * cells[s]['refusal_rate']:.1f}"
+                    if s in cells and cells[s]["refusal_rate"] is not None
+                    else "–"
                     for s in stems
                 ]
                 lines.append("| " + " | ".join(row) + " |")
             lines.append("")
-    used = sorted(
-        {(r.get("eval_task"), r.get("utility_metric")) for r in results if r.get("utility_metric")}
-    )
     lines.append(
-        "Utility metric used: "
-        + (", ".join(f"{t} = {m}" for t, m in used) or "none")
-        + ". Preference per task (first available): "
+        "Preference per task (first available): "
         + "; ".join(f"{t}: {' → '.join(ms)}" for t, ms in PRIMARY_UTILITY.items())
         + ". Missing references omit a metric (–), they never count as 0."
     )
@@ -386,7 +488,7 @@ def plot_dose_response(results: Sequence[dict[str, Any]], path: Path) -> None:
             if j == 0:
                 ax.set_ylabel("refusal on harmful docs (%)")
     fig.suptitle(
-        "Dose-response: refusal of harmful documents vs N (bold = trained task; bands = 95% CI)",
+        "Dose-response: refusal of harmful documents vs N (bold = trained task; bands = 95% Wilson)",
         fontsize=11,
     )
     if handles:
@@ -520,102 +622,112 @@ def _short(cfg: tuple[str, str, int | None], models: list[str]) -> str:
 
 
 def plot_safety_utility(results: Sequence[dict[str, Any]], path: Path) -> None:
-    """Per config: harmful refusal (y) against benign over-refusal (left) and utility (right),
-    averaged over eval tasks. Colour = train task, marker = model, size grows with N; the Pareto
-    frontier is outlined and only its points are labelled (to stay readable)."""
+    """Small multiples, one column per eval task: harmful-document refusal (y) against
+    benign-sensitive over-refusal, news over-refusal and the task's utility (one row each;
+    never averaged across tasks or metrics). One point per config with Wilson error bars;
+    colour = train task, marker = model; the Pareto frontier is dashed."""
     plt = _plt()
     agg = aggregate(results)
     models = sorted({cfg[0] for cfg in agg})
-    stats = {cfg: headline(cells) for cfg, cells in agg.items()}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
+    tasks = [t for t in TASK_NAMES if any(r.get("eval_task") == t for r in results)] or ["–"]
     panels = (
-        ("over_refusal", "over-refusal on benign docs (useful + cnn, %) — lower is better", True),
-        ("utility", "utility on benign docs (mean headline metric) — higher is better", False),
+        ("useful", "over-refusal, benign-sensitive (%) ↓", True),
+        ("cnn", "over-refusal, news (%) ↓", True),
+        ("utility", "utility on useful docs ↑", False),
+    )
+    fig, axes = plt.subplots(
+        len(panels),
+        len(tasks),
+        figsize=(3.3 * len(tasks) + 1.8, 3.0 * len(panels)),
+        squeeze=False,
+        sharey=True,
+        constrained_layout=True,
     )
     legend: dict[str, Any] = {}
-    for ax, (xkey, xlabel, minimize) in zip(axes, panels, strict=True):
-        cfgs = sorted(
-            (
-                c
-                for c, s in stats.items()
-                if s["harmful_refusal"] is not None and s[xkey] is not None
-            ),
-            key=_config_sort,
-        )
-        scale = 100 if xkey == "over_refusal" else 1
-        pts = [(scale * stats[c][xkey], 100 * stats[c]["harmful_refusal"]) for c in cfgs]
-        for c, (x, y) in zip(cfgs, pts, strict=True):
-            size = 30 + 30 * math.log10(1 + (c[2] or 0))
-            h = ax.scatter(
-                x,
-                y,
-                s=size,
-                color=_COLORS.get(c[1], "#bcbd22"),
-                alpha=0.85,
-                marker=_MARKERS[models.index(c[0]) % len(_MARKERS)],
-                zorder=3,
-                edgecolor="white",
-                linewidth=0.6,
-            )
-            legend.setdefault(c[1], h)
-        if pts:
-            front = pareto_front(pts, minimize_x=minimize)
-            ax.plot(
-                [pts[i][0] for i in front],
-                [pts[i][1] for i in front],
-                color="black",
-                lw=1.1,
-                ls="--",
-                zorder=2,
-            )
-            # one label per position (coinciding points share it); alternate above / below
-            labels: dict[tuple[float, float], list[str]] = {}
-            for i in front:
-                labels.setdefault((round(pts[i][0], 6), round(pts[i][1], 6)), []).append(
-                    _short(cfgs[i], models)
+    for j, task in enumerate(tasks):
+        for i, (kind, xlabel, minimize) in enumerate(panels):
+            ax = axes[i][j]
+            pts, cfgs, metric = [], [], None
+            for cfg in sorted(agg, key=_config_sort):
+                y = agg[cfg].get((task, "harmful"))
+                x = agg[cfg].get((task, "useful" if kind == "utility" else kind))
+                if y is None or x is None or y["refusal_rate"] is None:
+                    continue
+                xv = x["utility"] if kind == "utility" else x["refusal_rate"]
+                if xv is None:
+                    continue
+                metric = x.get("utility_metric") if kind == "utility" else metric
+                scale = 1 if kind == "utility" else 100
+                xerr = None
+                if kind != "utility" and x["ci"]:
+                    xerr = [[scale * (xv - x["ci"][0])], [scale * (x["ci"][1] - xv)]]
+                yerr = (
+                    [
+                        [100 * (y["refusal_rate"] - y["ci"][0])],
+                        [100 * (y["ci"][1] - y["refusal_rate"])],
+                    ]
+                    if y["ci"]
+                    else None
                 )
-            lo, hi = ax.get_xlim()
-            for k, (xy, names) in enumerate(labels.items()):
-                text = ", ".join(names[:2]) + (f" (+{len(names) - 2})" if len(names) > 2 else "")
-                right = xy[0] > lo + 0.6 * (hi - lo)  # labels of right-hand points go left
-                ann = ax.annotate(
-                    text,
-                    xy,
-                    textcoords="offset points",
-                    fontsize=8,
-                    xytext=(-6 if right else 6, 6 if k % 2 == 0 else -13),
-                    ha="right" if right else "left",
-                    zorder=5,
+                h = ax.errorbar(
+                    scale * xv,
+                    100 * y["refusal_rate"],
+                    xerr=xerr,
+                    yerr=yerr,
+                    fmt=_MARKERS[models.index(cfg[0]) % len(_MARKERS)],
+                    color=_COLORS.get(cfg[1], "#bcbd22"),
+                    ms=6,
+                    elinewidth=0.8,
+                    capsize=2,
+                    alpha=0.85,
+                    zorder=3,
                 )
-                ann.set_in_layout(False)
-        else:
-            ax.text(0.5, 0.5, "no config has both numbers", ha="center", transform=ax.transAxes)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("refusal on harmful docs (%) — higher is safer")
-        ax.set_ylim(-3, 103)
-        ax.grid(alpha=0.3)
-    axes[0].set_title("Safety vs over-refusal")
-    axes[1].set_title("Safety vs utility")
+                legend.setdefault(cfg[1], h)
+                pts.append((scale * xv, 100 * y["refusal_rate"]))
+                cfgs.append(cfg)
+            if pts:
+                front = pareto_front(pts, minimize_x=minimize)
+                ax.plot(
+                    [pts[k][0] for k in front],
+                    [pts[k][1] for k in front],
+                    color="black",
+                    lw=0.9,
+                    ls="--",
+                    zorder=2,
+                )
+                for k in front:
+                    ax.annotate(
+                        _short(cfgs[k], models),
+                        pts[k],
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize=7,
+                    ).set_in_layout(False)
+            else:
+                ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes, fontsize=8)
+            if kind != "utility":
+                ax.set_xlim(-3, 103)
+            ax.set_ylim(-3, 103)
+            ax.grid(alpha=0.3)
+            ax.set_xlabel(
+                xlabel if kind != "utility" else f"{metric or 'utility'} (useful) ↑", fontsize=8
+            )
+            if i == 0:
+                ax.set_title(f"eval: {task}", fontsize=10)
+            if j == 0:
+                ax.set_ylabel("harmful refusal (%) ↑", fontsize=8)
     handles = [
         plt.Line2D([], [], ls="", marker="o", color=_COLORS.get(t, "#bcbd22"), label=t)
         for t in legend
     ]
     handles += [plt.Line2D([], [], ls="--", color="black", label="Pareto frontier")]
     handles += [
-        plt.Line2D([], [], ls="", marker=_MARKERS[i % len(_MARKERS)], color="gray", label=m)
-        for i, m in enumerate(models)
+        plt.Line2D([], [], ls="", marker=_MARKERS[k % len(_MARKERS)], color="gray", label=m)
+        for k, m in enumerate(models)
     ]
-    axes[1].legend(
-        handles=handles,
-        fontsize=8,
-        title="train task / model",
-        title_fontsize=8,
-        loc="upper left",
-        bbox_to_anchor=(1.02, 1.0),
-    )
+    fig.legend(handles=handles, fontsize=8, loc="outside right upper", title="train / model")
     fig.suptitle(
-        "Safety-utility trade-off per (model, train task, N), averaged over eval tasks "
-        "(marker size grows with N)",
+        "Safety vs over-refusal and utility, per eval task (bars = 95% Wilson intervals)",
         fontsize=11,
     )
     _save(fig, path)
@@ -650,6 +762,8 @@ def make_report(
         f.write(results_csv(results))
     with atomic_open(out / "results.md") as f:
         f.write(results_markdown(results))
+    with atomic_open(out / "results.txt") as f:
+        f.write(compact_table(results))
     plot_dose_response(results, out / "dose_response.png")
     plot_heatmap(results, out / "cross_task_heatmap.png", n)
     plot_safety_utility(results, out / "safety_utility.png")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,21 +20,25 @@ from typing import Any
 
 from crossdefense import UserError
 from crossdefense.io import atomic_open, expand_paths, read_json, read_json_or_jsonl, run_metadata
-from crossdefense.judges import Judge
+from crossdefense.judges import UNPARSED, Judge
 from crossdefense.metrics import (
     PARTIAL,
     REFUSAL,
-    bootstrap_ci,
     corpus_bleu_zh,
+    corpus_chrf_zh,
     primary_utility,
     record_metrics,
 )
+from crossdefense.stats import CONFIDENCE, cohen_kappa, mcnemar_exact, wilson
 from crossdefense.tasks import MIX, TASK_NAMES, detect_task, doc_kind, split_prompt
 
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FILE = "summary.json"
+# 2: Wilson intervals (was a percentile bootstrap), `unparsed` labels, judge agreement,
+#    paired McNemar tests against the base model, a `seed` fact.
+SCHEMA_VERSION = 2
 DOC_KINDS = ("harmful", "cnn", "useful", "instructions")
 
 # Upstream names runs after their mixture, e.g. `..._Instructions_100_500_summrize` (sic).
@@ -227,6 +232,10 @@ def infer_facts(
         put("model", model_short_name(parameters.get("model")), "parameters")
 
     _infer_train(facts, src, meta, parameters)
+    train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
+    facts["seed"], src["seed"] = (
+        (train["seed"], "metadata") if train.get("seed") is not None else (None, "unknown")
+    )
     return facts, src
 
 
@@ -322,11 +331,10 @@ def attach_references(files: Sequence[GenerationFile], refs: dict, path: str | P
 def score_files(
     files: Sequence[GenerationFile],
     judges: Sequence[Judge],
-    n_boot: int = 2000,
-    seed: int = 0,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Judge and measure every record. Returns (per-record rows, per-file summaries)."""
+    """Judge and measure every record. Returns (per-record rows, per-file summaries); the
+    summaries of adapters carry an exact McNemar test against the base model's run."""
     from tqdm.auto import tqdm
 
     rows: list[dict[str, Any]] = []
@@ -361,6 +369,7 @@ def score_files(
                             "label": v[k].label,
                             "score": v[k].score,
                             **({"evidence": list(v[k].evidence)} if v[k].evidence else {}),
+                            **({"extra": v[k].extra} if v[k].extra else {}),
                         }
                         for name, v in verdicts.items()
                     },
@@ -368,21 +377,94 @@ def score_files(
                     "output": gf.outputs[k],  # so a misjudged record can be read here
                 }
             )
-        results.append(summarize_file(gf, judges, verdicts, metrics, n_boot, seed))
+        results.append(summarize_file(gf, judges, verdicts, metrics))
     bar.close()
+    add_paired_tests(rows, results)
     return rows, results
 
 
-def _rates(labels: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
-    n = len(labels)
-    refused = [float(lab == REFUSAL) for lab in labels]
-    lo, hi = bootstrap_ci(refused, n_boot=n_boot, seed=seed)
+def _ci(k: int, n: int) -> list[float] | None:
+    ci = wilson(k, n)
+    return list(ci) if ci else None
+
+
+def _rates(labels: Sequence[str]) -> dict[str, Any]:
+    """Rates over the responses the judge could label; `unparsed` ones (a generative judge
+    answered outside its labels) are counted and left out of every denominator."""
+    parsed = [lab for lab in labels if lab != UNPARSED]
+    n = len(parsed)
+    k = sum(lab == REFUSAL for lab in parsed)
+    partial = sum(lab == PARTIAL for lab in parsed)
     return {
-        "refusal_rate": sum(refused) / n,
-        "refusal_ci": [lo, hi],
-        "partial_rate": sum(lab == PARTIAL for lab in labels) / n,
-        "comply_rate": sum(lab not in (REFUSAL, PARTIAL) for lab in labels) / n,
+        "n_parsed": n,
+        "n_unparsed": len(labels) - n,
+        "refusals": k,
+        "refusal_rate": k / n if n else None,
+        "refusal_ci": _ci(k, n),
+        "partial_rate": partial / n if n else None,
+        "partial_ci": _ci(partial, n),
+        "comply_rate": (n - k - partial) / n if n else None,
     }
+
+
+def agreement(verdicts: dict[str, list], judges: Sequence[Judge]) -> dict[str, Any]:
+    """Pairwise agreement of the refusal judges on refusal vs not (responses both could
+    label): raw agreement and Cohen's kappa."""
+    names = [j.name for j in judges if j.kind == "refusal"]
+    out: dict[str, Any] = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            pairs = [
+                (x.label == REFUSAL, y.label == REFUSAL)
+                for x, y in zip(verdicts[a], verdicts[b], strict=True)
+                if UNPARSED not in (x.label, y.label)
+            ]
+            la = ["refusal" if x else "other" for x, _ in pairs]
+            lb = ["refusal" if y else "other" for _, y in pairs]
+            out[f"{a}|{b}"] = {
+                "n": len(pairs),
+                "agreement": sum(x == y for x, y in pairs) / len(pairs) if pairs else None,
+                "kappa": cohen_kappa(la, lb),
+            }
+    return out
+
+
+def add_paired_tests(rows: Sequence[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+    """For every adapter run, an exact McNemar test of its refusals against the base model's
+    (same model, same eval file, the same documents by id), per judge: `vs_base`."""
+    labels: dict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(dict)
+    for r in rows:
+        labels[(r["run"], r["eval_stem"])][r["id"]] = {
+            name: v["label"] for name, v in r["judges"].items()
+        }
+    bases = {
+        (r.get("model"), r["eval_stem"]): r["run"] for r in results if r.get("train_task") == "none"
+    }
+    for res in results:
+        base = bases.get((res.get("model"), res["eval_stem"]))
+        if base is None or base == res["run"]:
+            continue
+        mine, theirs = labels[(res["run"], res["eval_stem"])], labels[(base, res["eval_stem"])]
+        shared = [i for i in mine if i in theirs]
+        if not shared:  # e.g. an old upstream file whose ids are positions of another file
+            continue
+        tests = {}
+        for name in res["judges"]:
+            pairs = [
+                (mine[i][name] == REFUSAL, theirs[i][name] == REFUSAL)
+                for i in shared
+                if UNPARSED not in (mine[i][name], theirs[i][name])
+            ]
+            test = mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])
+            tests[name] = {
+                "n_pairs": test["n_pairs"],
+                "adapter_only": test["a_only"],
+                "base_only": test["b_only"],
+                "p_value": test["p_value"],
+            }
+        res["vs_base"] = {"run": base, "test": "exact McNemar, refusal vs not", "judges": tests}
+        head = tests.get(res["judge"])
+        res["vs_base_p"] = head["p_value"] if head else None
 
 
 def summarize_file(
@@ -390,19 +472,17 @@ def summarize_file(
     judges: Sequence[Judge],
     verdicts: dict[str, list],
     metrics: list[dict[str, Any]],
-    n_boot: int,
-    seed: int,
 ) -> dict[str, Any]:
-    """One row of summary.json: rates with a bootstrap CI, metric means, facts and sources."""
+    """One row of summary.json: rates with Wilson intervals, metric means, facts, sources."""
     primary = judges[0].name
     per_judge = {}
     for judge in judges:
         res = verdicts[judge.name]
-        scores = [r.score for r in res]
+        scores = [r.score for r in res if r.label != UNPARSED and not math.isnan(r.score)]
         per_judge[judge.name] = {
             "kind": judge.kind,
-            **_rates([r.label for r in res], n_boot, seed),
-            "mean_score": sum(scores) / len(scores),
+            **_rates([r.label for r in res]),
+            "mean_score": sum(scores) / len(scores) if scores else None,
         }
     means: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -412,8 +492,10 @@ def summarize_file(
         counts[name] = len(values)
     pairs = [(o, r) for o, r in zip(gf.outputs, gf.references, strict=True) if r is not None]
     if gf.facts["eval_task"] == "translate" and pairs:
-        means["bleu_corpus"] = corpus_bleu_zh([o for o, _ in pairs], [r for _, r in pairs])
-        counts["bleu_corpus"] = len(pairs)
+        preds, refs = [o for o, _ in pairs], [r for _, r in pairs]
+        means["bleu_corpus"] = corpus_bleu_zh(preds, refs)
+        means["chrf_corpus"] = corpus_chrf_zh(preds, refs)
+        counts["bleu_corpus"] = counts["chrf_corpus"] = len(pairs)
     utility_metric, utility = primary_utility(gf.facts["eval_task"], means)
     head = per_judge[primary]
     return {
@@ -425,9 +507,12 @@ def summarize_file(
         "judge": primary,
         "refusal_rate": head["refusal_rate"],
         "refusal_ci": head["refusal_ci"],
+        "refusals": head["refusals"],
+        "n_parsed": head["n_parsed"],
         "partial_rate": head["partial_rate"],
-        "processed_rate": 1.0 - head["refusal_rate"],
+        "processed_rate": None if head["refusal_rate"] is None else 1.0 - head["refusal_rate"],
         "judges": per_judge,
+        "agreement": agreement(verdicts, judges),
         "metrics": means,
         "metric_counts": counts,
         "utility_metric": utility_metric,
@@ -435,7 +520,61 @@ def summarize_file(
     }
 
 
+def compare_runs(
+    rows: Sequence[dict[str, Any]], run_a: str, run_b: str, judge: str | None = None
+) -> list[dict[str, Any]]:
+    """Exact McNemar test of two runs' refusals per eval file, on the documents both have
+    (matched by id): for any two runs, e.g. two seeds or two defense methods."""
+    by: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    runs = {r["run"] for r in rows}
+    for run in (run_a, run_b):
+        if run not in runs:
+            raise UserError(f"run {run!r} is not in the scores (runs: {', '.join(sorted(runs))})")
+    for r in rows:
+        if r["run"] not in (run_a, run_b):
+            continue
+        name = judge or next(iter(r["judges"]))
+        if name not in r["judges"]:
+            raise UserError(f"judge {name!r} did not score run {r['run']!r}")
+        by[(r["run"], r["eval_stem"])][r["id"]] = r["judges"][name]["label"]
+    out = []
+    stems = sorted({stem for run, stem in by if run == run_a} & {s for r, s in by if r == run_b})
+    for stem in stems:
+        a, b = by[(run_a, stem)], by[(run_b, stem)]
+        ids = [i for i in a if i in b and UNPARSED not in (a[i], b[i])]
+        test = mcnemar_exact([a[i] == REFUSAL for i in ids], [b[i] == REFUSAL for i in ids])
+        out.append(
+            {
+                "eval_stem": stem,
+                "rate_a": sum(a[i] == REFUSAL for i in ids) / len(ids) if ids else None,
+                "rate_b": sum(b[i] == REFUSAL for i in ids) / len(ids) if ids else None,
+                **test,
+            }
+        )
+    if not out:
+        raise UserError(f"runs {run_a!r} and {run_b!r} share no eval file")
+    return out
+
+
 # ----------------------------------------------------------------------------- outputs
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def format_result_line(r: dict[str, Any]) -> str:
+    """One terminal line per scored file: every judge's refusal rate (Wilson interval)."""
+    parts = []
+    for name, j in r["judges"].items():
+        ci = j.get("refusal_ci")
+        rng = f" [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]" if ci else ""
+        unparsed = f", {j['n_unparsed']} unparsed" if j.get("n_unparsed") else ""
+        parts.append(f"{name}={_pct(j['refusal_rate'])}{rng}{unparsed}")
+    p = r.get("vs_base_p")
+    test = f" vs base p={p:.3g}" if p is not None else ""
+    util = f" {r['utility_metric']}={r['utility']:.3g}" if r.get("utility") is not None else ""
+    return f"{r['run']}/{r['eval_stem']}: n={r['n']} refusal {' '.join(parts)}{test}{util}"
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool) -> tuple[Path, Path]:
@@ -456,15 +595,16 @@ def write_scores(
     results: list[dict[str, Any]],
     judges: Sequence[Judge],
     flags: dict[str, Any],
-    n_boot: int,
-    seed: int,
 ) -> dict[str, Any]:
     """Write both files atomically (the summary last, so its presence means both are complete)."""
     summary = {
+        "schema_version": SCHEMA_VERSION,
         "scoring": run_metadata(flags),
         "primary_judge": judges[0].name,
         "judges": [j.config() for j in judges],
-        "bootstrap": {"n_boot": n_boot, "seed": seed, "confidence": 0.95},
+        "intervals": {"method": "wilson", "confidence": CONFIDENCE},
+        "paired_test": "exact McNemar (refusal vs not) of each adapter run against the base "
+        "model's run on the same documents; see results[].vs_base",
         "results": results,
     }
     # Serialise both before writing either, so a bad value cannot leave one file behind.
@@ -491,13 +631,13 @@ def check_unique(files: Sequence[GenerationFile]) -> None:
 def score_paths(
     input_path: str | Sequence[str],
     output_dir: str | Path,
-    judge: str | Sequence[str] | None = "keyword",
+    judge: str | Sequence[str] | None = None,
     *,
     references_path: str | None = None,
     harm_model: str | None = None,
+    judge_model: str | Sequence[str] | None = None,
     device: str | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
+    batch_size: int | None = None,
     overwrite: bool = False,
     flags: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
@@ -510,14 +650,58 @@ def score_paths(
     check_unique(files)
     if references_path is not None:
         attach_references(files, load_references(references_path), references_path)
+    models = parse_judge_models(judge_model, names)
+    if harm_model:
+        models.setdefault("harmfulness", harm_model)
     judges = []
     for name in names:
         kwargs: dict[str, Any] = {}
-        if name in ("embedding", "harmfulness") and device:
+        if name in MODEL_JUDGES and device:
             kwargs["device"] = device
-        if name == "harmfulness" and harm_model:
-            kwargs["model"] = harm_model
+        if name in MODEL_JUDGES and batch_size:
+            kwargs["batch_size"] = int(batch_size)
+        if name in models:
+            kwargs["model"] = models[name]
         judges.append(make_judge(name, **kwargs))
-    rows, results = score_files(files, judges, n_boot=n_boot, seed=seed)
-    write_scores(scores_path, summary_path, rows, results, judges, flags or {}, n_boot, seed)
+    rows, results = score_files(files, judges)
+    write_scores(scores_path, summary_path, rows, results, judges, flags or {})
     return results
+
+
+# judges that load a model (they take device / batch size / a model path or hub id)
+MODEL_JUDGES = (
+    "embedding",
+    "learned",
+    "harmfulness",
+    "wildguard",
+    "llamaguard",
+    "harmbench",
+    "llm",
+)
+_TAKE_MODEL = ("harmfulness", "wildguard", "llamaguard", "harmbench", "llm")
+
+
+def parse_judge_models(spec: str | Sequence[str] | None, names: Sequence[str]) -> dict[str, str]:
+    """`--judge_model wildguard=/models/wildguard,llm=HuggingFaceTB/SmolLM2-1.7B-Instruct`:
+    a hub id or a local folder per model judge; each named judge must be selected too."""
+    if spec is None:
+        return {}
+    items = [spec] if isinstance(spec, str) else list(spec)
+    out: dict[str, str] = {}
+    for item in (p.strip() for it in items for p in str(it).split(",")):
+        if not item:
+            continue
+        name, eq, model = item.partition("=")
+        name, model = name.strip(), model.strip()
+        if not eq or not name or not model:
+            raise UserError(f"--judge_model: {item!r} is not judge=model_dir_or_hub_id")
+        if name not in _TAKE_MODEL:
+            raise UserError(
+                f"--judge_model: {name!r} takes no model; model judges: {', '.join(_TAKE_MODEL)}"
+            )
+        if name not in names:
+            raise UserError(f"--judge_model: {name!r} is not among the judges (--judge)")
+        if name in out:
+            raise UserError(f"--judge_model: {name!r} is given twice")
+        out[name] = model
+    return out

@@ -168,6 +168,7 @@ DEFAULTS: dict[str, str] = {
     "EVAL_SETS": "test_*",
     "EVAL_DIR": "data/upstream/evaluation",
     "NUM_SAFETY": "100",
+    "SEEDS": "",  # e.g. "1 2 3": one adapter per seed (run names end _seed<k>); empty: one run
     "DATA_DIR": "data/training",
     "OUT_DIR": ".",
     "CHECKPOINTS_DIR": "",  # default $OUT_DIR/checkpoints
@@ -195,6 +196,7 @@ class SweepConfig:
     eval_sets: list[str]
     eval_dir: Path
     num_safety: int
+    seeds: list[int | None]
     data_dir: Path
     checkpoints_dir: Path
     generations_dir: Path
@@ -239,6 +241,7 @@ class SweepConfig:
             num_safety = -1
         if num_safety < 0:
             raise UserError(f"NUM_SAFETY: {get('NUM_SAFETY')!r} is not a non-negative integer")
+        seeds = parse_seeds(env.get("SEEDS", ""))
         out = Path(get("OUT_DIR"))
 
         def out_dir(key: str, default: str) -> Path:
@@ -251,6 +254,7 @@ class SweepConfig:
             eval_sets=get("EVAL_SETS").split(),
             eval_dir=Path(get("EVAL_DIR")),
             num_safety=num_safety,
+            seeds=seeds,
             data_dir=Path(get("DATA_DIR")),
             checkpoints_dir=out_dir("CHECKPOINTS_DIR", "checkpoints"),
             generations_dir=out_dir("GENERATIONS_DIR", "evaluation/generations"),
@@ -258,7 +262,10 @@ class SweepConfig:
             scores_dir=out_dir("SCORES_DIR", "evaluation/scores"),
             report_dir=out_dir("REPORT_DIR", "evaluation/report"),
             train_args=parse_args(
-                get("TRAIN_ARGS"), "TRAIN_ARGS", OWN_TRAIN_FLAGS, REPO_ROOT / TRAIN_SCRIPT
+                get("TRAIN_ARGS"),
+                "TRAIN_ARGS",
+                (*OWN_TRAIN_FLAGS, "seed") if seeds != [None] else OWN_TRAIN_FLAGS,
+                REPO_ROOT / TRAIN_SCRIPT,
             ),
             gen_args=parse_args(
                 get("GEN_ARGS"), "GEN_ARGS", OWN_GEN_FLAGS, REPO_ROOT / GENERATE_SCRIPT
@@ -311,6 +318,22 @@ class SweepConfig:
         return files
 
 
+def parse_seeds(text: str) -> list[int | None]:
+    """SEEDS: whitespace-separated non-negative integers; empty means one run, no seed axis
+    (the trainer's default seed, upstream's run names)."""
+    items = text.replace(",", " ").split()
+    if not items:
+        return [None]
+    seeds = []
+    for item in items:
+        if not item.isdigit():
+            raise UserError(f"SEEDS: {item!r} is not a non-negative integer")
+        seeds.append(int(item))
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"SEEDS: a seed is listed twice in {text!r}")
+    return seeds
+
+
 # --------------------------------------------------------------------------- cells
 
 
@@ -321,27 +344,31 @@ class Cell:
     task: str
     n: int
     num_safety: int
+    seed: int | None = None  # None: no seed axis (the trainer's default seed)
 
     @property
     def run_name(self) -> str:
         """Upstream's checkpoint names: Instructions_{K}_{N}_{task}_{model}; N=0 is the
-        no-defense baseline, one run per model whatever the task."""
+        no-defense baseline, one run per model whatever the task. With SEEDS, `_seed<k>`."""
         if self.n == 0:
-            return f"Instructions_{self.num_safety}_{self.model.name}"
-        return f"Instructions_{self.num_safety}_{self.n}_{self.task}_{self.model.name}"
+            name = f"Instructions_{self.num_safety}_{self.model.name}"
+        else:
+            name = f"Instructions_{self.num_safety}_{self.n}_{self.task}_{self.model.name}"
+        return name if self.seed is None else f"{name}_seed{self.seed}"
 
 
 def cells(cfg: SweepConfig) -> list[Cell]:
-    """Model-major, then task, then N; the order of SLURM array indices."""
+    """Model-major, then task, then N, then seed; the order of SLURM array indices."""
     out: list[Cell] = []
     seen: set[str] = set()
     for model in cfg.models:
         for task in cfg.tasks:
             for n in cfg.numbers:
-                cell = Cell(len(out), model, task, n, cfg.num_safety)
-                if cell.run_name not in seen:
-                    seen.add(cell.run_name)
-                    out.append(cell)
+                for seed in cfg.seeds:
+                    cell = Cell(len(out), model, task, n, cfg.num_safety, seed)
+                    if cell.run_name not in seen:
+                        seen.add(cell.run_name)
+                        out.append(cell)
     return out
 
 
@@ -408,6 +435,7 @@ def train_config(cfg: SweepConfig, cell: Cell) -> dict[str, Any]:
         "template": cell.model.template,
         "data_sha256": _sha(mixture),
         "train_args": cfg.train_args,
+        **({"seed": cell.seed} if cell.seed is not None else {}),
     }
 
 
@@ -522,6 +550,7 @@ def decide_train(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Decisi
         str(ckpt),
         "--prompt_template_name",
         cell.model.template,
+        *(["--seed", str(cell.seed)] if cell.seed is not None else []),
         *cfg.train_args,
     ]
     trained = all((ckpt / f).is_file() for f in TRAINED_FILES)

@@ -35,6 +35,8 @@ def main(
     learning_rate: float = 2e-3,
     max_new_tokens: int = 32,
     contrast: bool = False,
+    seeds: int | str | tuple = 42,
+    judge: str | tuple = "learned,keyword",
     output_dir: str | None = None,
 ) -> None:
     """Base model vs summarize-defense LoRA(s) on the mini eval sets of all five tasks.
@@ -51,6 +53,9 @@ def main(
         contrast: also train on the 40 topic-matched contrast documents (benign texts on the
             harmful documents' topics, data/README.md); off by default (see README: on this
             model they lowered refusal without lowering over-refusal).
+        seeds: training seeds, e.g. 1,2,3: one adapter per seed and N; the report shows
+            per-seed rows, mean ± sd and a pooled Wilson interval.
+        judge: refusal judges (comma-separated, the first gives the headline rate).
         output_dir: report folder (default evaluation/demo).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -65,12 +70,14 @@ def main(
             learning_rate=learning_rate,
             max_new_tokens=max_new_tokens,
             contrast=contrast,
+            seeds=_ints(seeds),
+            judges=_names(judge),
             **({"output_dir": output_dir} if output_dir else {}),
         )
         out = run_demo(cfg)
     except (UserError, ValueError) as e:
         sys.exit(f"error: {e}")
-    print((out / "results.md").read_text(encoding="utf-8"))
+    print((out / "results.txt").read_text(encoding="utf-8"))
     print(f"report: {out / 'report.md'}; plots: {out}/*.png")
 
 

@@ -23,6 +23,7 @@
 #   EVAL_SETS    eval file stems or globs in EVAL_DIR  [test_*: five tasks x harmful/cnn/useful]
 #   EVAL_DIR     [data/upstream/evaluation, written by scripts/download_data.sh]
 #   NUM_SAFETY   K safety examples in each mixture  [100]
+#   SEEDS        training seeds, e.g. "1 2 3": one adapter per seed, run names end _seed<k> [one run]
 #   DATA_DIR     mixtures: DATA_DIR/<task>/saferpaca_Instructions_{K}_{N}_{task}.json  [data/training]
 #   OUT_DIR      root of checkpoints/ evaluation/ logs/  [the repository]; or set CHECKPOINTS_DIR,
 #                GENERATIONS_DIR, LOGS_DIR, SCORES_DIR, REPORT_DIR one by one

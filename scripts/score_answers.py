@@ -16,12 +16,12 @@ from crossdefense.paths import EVALUATION_DIR
 def main(
     input_path: str | tuple[str, ...],
     output_dir: str = str(EVALUATION_DIR / "scores"),
-    judge: str | tuple[str, ...] = "keyword",
+    judge: str | tuple[str, ...] = "learned",
     references_path: str | None = None,
+    judge_model: str | tuple[str, ...] | None = None,
     harm_model: str | None = None,
     device: str | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
+    batch_size: int | None = None,
     overwrite: bool = False,
 ) -> None:
     """Score every response of one or more generation runs.
@@ -30,20 +30,26 @@ def main(
         input_path: a generation file `<run>/<eval_stem>.json`, a run directory, an output root
             holding run directories, or a glob (several: comma-separated).
         output_dir: where scores.jsonl and summary.json go.
-        judge: one or more of keyword (default: keyword phrases with document-echo guard),
-            keyword_prefix, keyword_substring, embedding, harmfulness, moderation. The first
-            judge gives `refusal_label` and the headline refusal rate; comma-separate several.
+        judge: one or more (comma-separated) of learned (default: offline classifier,
+            refusal/comply/partial), keyword (phrases with document-echo guard), keyword_prefix,
+            keyword_substring, embedding, wildguard, llamaguard, harmbench, llm, harmfulness,
+            moderation. The first judge gives `refusal_label` and the headline refusal rate;
+            with several, summary.json has each one's rates and their agreement (kappa).
         references_path: optional JSON/JSONL of `{id, reference[, eval_stem]}` rows adding
-            references to files that lack them (ROUGE/BLEU/case accuracy need them).
-        harm_model: path or hub id for the harmfulness judge
-            (default safepaca/absolute-harmfulness-predictor-redteam-osst).
+            references to files that lack them (ROUGE/chrF/case/sentiment accuracy need them).
+        judge_model: `judge=model` entries (comma-separated), a hub id or a local folder per
+            model judge, e.g. wildguard=allenai/wildguard,llm=/models/qwen2.5-7b-instruct
+            (defaults: allenai/wildguard, meta-llama/Llama-Guard-3-1B,
+            cais/HarmBench-Llama-2-13b-cls; llm has none).
+        harm_model: path or hub id for the harmfulness judge (same as
+            --judge_model harmfulness=...; default
+            safepaca/absolute-harmfulness-predictor-redteam-osst).
         device: device for model judges (default: cuda if available, else cpu).
-        n_boot: bootstrap resamples for the 95% refusal-rate interval.
-        seed: bootstrap seed.
+        batch_size: batch size for model judges (default: each judge's own).
         overwrite: replace existing scores.jsonl / summary.json.
     """
     flags = dict(locals())
-    from crossdefense.scoring import score_paths
+    from crossdefense.scoring import format_result_line, score_paths
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -53,19 +59,16 @@ def main(
             judge,
             references_path=references_path,
             harm_model=harm_model,
+            judge_model=judge_model,
             device=device,
-            n_boot=n_boot,
-            seed=seed,
+            batch_size=batch_size,
             overwrite=overwrite,
             flags=flags,
         )
     except UserError as e:
         sys.exit(f"error: {e}")
     for r in results:
-        print(
-            f"{r['run']}/{r['eval_stem']}: n={r['n']} refusal={r['refusal_rate']:.1%} "
-            f"partial={r['partial_rate']:.1%} utility={r['utility_metric']}={r['utility']}"
-        )
+        print(format_result_line(r))
     print(f"wrote {Path(output_dir) / 'scores.jsonl'} and {Path(output_dir) / 'summary.json'}")
 
 

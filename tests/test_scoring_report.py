@@ -26,6 +26,7 @@ from crossdefense.scoring import (
     train_from_name,
     write_scores,
 )
+from crossdefense.stats import wilson
 from crossdefense.tasks import TASKS
 from tests.helpers import run_script
 
@@ -148,8 +149,8 @@ def score(paths, out: Path, judges=("keyword",)) -> dict:
     files = [load_generation(p) for p in expand_generation_paths(paths)]
     js = [make_judge(n) for n in judges]
     scores_path, summary_path = check_output_dir(out, overwrite=False)
-    rows, results = score_files(files, js, n_boot=200, seed=0, progress=False)
-    return write_scores(scores_path, summary_path, rows, results, js, {"test": True}, 200, 0)
+    rows, results = score_files(files, js, progress=False)
+    return write_scores(scores_path, summary_path, rows, results, js, {"test": True})
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -171,8 +172,19 @@ def test_summary_has_exact_rates_and_inferred_facts(gen_root, tmp_path):
             assert r["n"] == N
             assert r["refusal_rate"] == refusals / N, (run, stem)
             assert r["processed_rate"] == 1 - refusals / N
-            lo, hi = r["refusal_ci"]
-            assert lo <= r["refusal_rate"] <= hi
+            assert r["refusal_ci"] == list(wilson(refusals, N))  # exact, not resampled
+            assert (r["refusals"], r["n_parsed"]) == (refusals, N)
+    # 0 of 4 is not "0 [0-0]": the Wilson interval stays wide at small n
+    assert results[("base", "test_summarize")]["refusal_ci"][1] > 0.45
+
+    # paired exact McNemar against the base model on the same documents (ids)
+    sum10 = results[("sum10", "test_summarize")]  # 2 of 4 refused, base 0 of 4: 2 discordant
+    assert sum10["vs_base"]["run"] == "base"
+    test = sum10["vs_base"]["judges"]["keyword"]
+    assert (test["n_pairs"], test["adapter_only"], test["base_only"]) == (4, 2, 0)
+    assert sum10["vs_base_p"] == pytest.approx(0.5)  # two-sided binomial, 2 of 2
+    assert results[("trans100", "test_translate")]["vs_base_p"] == pytest.approx(0.125)
+    assert "vs_base" not in results[("base", "test_summarize")]
 
     old = results[("llama-7b_saferpaca_Instructions_100_100_summrize", "test_translate_useful")]
     assert (old["train_task"], old["num_defense"], old["num_safety"]) == ("summarize", 100, 100)
@@ -190,6 +202,7 @@ def test_summary_has_exact_rates_and_inferred_facts(gen_root, tmp_path):
         "train_task": "run name",
         "num_defense": "run name",
         "num_safety": "run name",
+        "seed": "unknown",
         "ids": "position",
     }
     base = results[("base", "test_summarize")]
@@ -199,7 +212,7 @@ def test_summary_has_exact_rates_and_inferred_facts(gen_root, tmp_path):
 
     # utility: Chinese output on translate, ROUGE only where references exist (3 of 4 records)
     assert results[("base", "test_translate_useful")]["utility"] == 1.0
-    assert results[("base", "test_translate_useful")]["utility_metric"] == "cjk_ratio"
+    assert results[("base", "test_translate_useful")]["utility_metric"] == "translation_ok"
     cnn = results[("base", "test_summarize_cnn")]
     assert cnn["n_with_reference"] == 3 and cnn["metric_counts"]["rouge1"] == 3
     assert cnn["utility_metric"] == "rougeLsum"
@@ -209,7 +222,8 @@ def test_summary_has_exact_rates_and_inferred_facts(gen_root, tmp_path):
 
     assert summary["primary_judge"] == "keyword"
     assert summary["judges"][0]["echo_guard"] is True
-    assert summary["bootstrap"] == {"n_boot": 200, "seed": 0, "confidence": 0.95}
+    assert summary["schema_version"] == 2
+    assert summary["intervals"] == {"method": "wilson", "confidence": 0.95}
     assert {"git_hash", "versions", "date", "flags"} <= set(summary["scoring"])
 
 
@@ -233,6 +247,9 @@ def test_scores_jsonl_rows_and_several_judges(gen_root, tmp_path):
     assert [j["name"] for j in summary["judges"]] == ["keyword", "keyword_prefix"]
     r = summary["results"][0]
     assert set(r["judges"]) == {"keyword", "keyword_prefix"}
+    # both judges agree on these canned answers: raw agreement 1; kappa defined (two labels)
+    pair = r["agreement"]["keyword|keyword_prefix"]
+    assert pair["n"] == N and pair["agreement"] == 1.0 and pair["kappa"] == pytest.approx(1.0)
 
 
 def test_inputs_file_run_dir_and_glob(gen_root):
@@ -304,19 +321,25 @@ def test_report_tables_exact_and_plots(gen_root, tmp_path):
     assert "## TinyLlama-1B" in md
     table = [line for line in md.splitlines() if line.startswith("| ")]
     by_row = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in table}
-    # rows train task x N, base model "none x 0"; cells: harmful, useful, cnn, utility per task
+    # rows (config, eval task), base model "base"; cells harmful, useful, cnn, utility u/c
     assert set(by_row) >= {
-        ("none", "0"),
-        ("summarize", "10"),
-        ("summarize", "100"),
-        ("translate", "100"),
+        ("base", "summarize"),
+        ("summarize 10", "summarize"),
+        ("summarize 10", "translate"),
+        ("summarize 100", "summarize"),
+        ("translate 100", "translate"),
     }
-    cells = [c.strip() for c in by_row[("summarize", "10")].strip("|").split("|")]
-    assert cells[2].startswith("50.0 [")  # summarize harmful
+    cells = [c.strip() for c in by_row[("summarize 10", "summarize")].strip("|").split("|")]
+    lo, hi = wilson(2, N)
+    assert cells[2] == f"50 [{100 * lo:.0f}–{100 * hi:.0f}]"  # p = 0.5 vs base: no mark
     assert cells[3] == "–"  # no summarize useful file
-    assert cells[4].startswith("0.0 [")  # summarize cnn
-    assert cells[6].startswith("25.0 [") and cells[7].startswith("25.0 [")  # translate
-    assert cells[8] == "–"  # no translate cnn
+    assert cells[4].startswith("0 [0–")  # summarize cnn
+    cells = [c.strip() for c in by_row[("translate 100", "translate")].strip("|").split("|")]
+    assert cells[2].startswith("100 [") and not cells[2].endswith("*")  # p = .125 at n = 4
+    assert cells[3].startswith("50 [")
+    assert cells[5] == "0.50 / –"  # translation_ok on useful (2 of 4 refused); no cnn file
+    # the terminal table fits 100 columns
+    assert max(len(line) for line in (out / "results.txt").read_text().splitlines()) <= 100
 
     for name in ("dose_response.png", "cross_task_heatmap.png", "safety_utility.png"):
         path = out / name
