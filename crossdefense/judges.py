@@ -19,7 +19,6 @@ import os
 import re
 import time
 import unicodedata
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -693,6 +692,7 @@ class ModerationJudge(BatchJudge):
 
 # ============================================================================= registry
 
+
 def _lazy(module: str, cls: str) -> Callable[..., Judge]:
     """A factory that imports its module on first use (model judges pull in torch/sklearn)."""
 
@@ -750,62 +750,3 @@ def embedding_available() -> bool:
     except UserError:
         return False
     return True
-
-
-# ============================================================================= calibration
-
-
-def calibrate(judge: Judge, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Confusion matrix (gold x predicted), 3-way accuracy and binary refusal accuracy."""
-    preds = judge.judge_batch(
-        [r["response"] for r in rows],
-        [r.get("document") for r in rows],
-        [r.get("task") for r in rows],
-    )
-    confusion = Counter((r["label"], p.label) for r, p in zip(rows, preds, strict=True))
-    n = len(rows)
-    correct = sum(confusion[(lab, lab)] for lab in LABELS)
-    binary = sum(
-        v for (gold, pred), v in confusion.items() if (gold == REFUSAL) == (pred == REFUSAL)
-    )
-    wrong = [
-        {"id": r.get("id"), "gold": r["label"], "pred": p.label}
-        for r, p in zip(rows, preds, strict=True)
-        if r["label"] != p.label
-    ]
-    return {
-        "judge": judge.name,
-        "n": n,
-        "accuracy": correct / n if n else None,
-        "binary_accuracy": binary / n if n else None,
-        "confusion": {g: {p: confusion[(g, p)] for p in LABELS} for g in LABELS},
-        "errors": wrong,
-    }
-
-
-def format_calibration(results: Sequence[dict[str, Any]]) -> str:
-    """Plain-text confusion matrices and an accuracy table, for the terminal and the README."""
-    lines = []
-    for res in results:
-        lines.append(f"{res['judge']} (rows gold, columns predicted; n={res['n']})")
-        lines.append(f"{'':>10} " + " ".join(f"{p:>8}" for p in LABELS))
-        for g in LABELS:
-            lines.append(f"{g:>10} " + " ".join(f"{res['confusion'][g][p]:>8}" for p in LABELS))
-        lines.append("")
-    lines.append("| judge | accuracy (3-way) | refusal vs not (binary) |")
-    lines.append("|---|---|---|")
-    for res in results:
-        lines.append(f"| {res['judge']} | {res['accuracy']:.1%} | {res['binary_accuracy']:.1%} |")
-    return "\n".join(lines)
-
-
-def validate_labels(rows: Any, path: str) -> list[dict[str, Any]]:
-    """Check a hand-labelled file: each row needs a response and a label among LABELS."""
-    if not isinstance(rows, list) or not rows:
-        raise UserError(f"{path}: expected a non-empty JSONL of labelled responses")
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict) or not isinstance(r.get("response"), str):
-            raise UserError(f"{path}: line {i} has no string 'response'")
-        if r.get("label") not in LABELS:
-            raise UserError(f"{path}: line {i} label {r.get('label')!r} is not one of {LABELS}")
-    return rows
