@@ -309,14 +309,19 @@ class GenerativeJudge(BatchJudge):
             raise UserError(
                 f"{self.name} judge: pass --judge_model {self.name}=<model dir or hub id>"
             )
-        if batch_size < 1 or max_length < 1 or (max_new_tokens is not None and max_new_tokens < 1):
+        try:  # command-line values may arrive as strings
+            self.batch_size = int(batch_size)
+            self.max_length = int(max_length)
+            self.max_new_tokens = int(max_new_tokens or self.default_max_new_tokens)
+        except (TypeError, ValueError):
+            raise UserError(
+                f"{self.name} judge: batch_size, max_length and max_new_tokens must be integers"
+            ) from None
+        if min(self.batch_size, self.max_length, self.max_new_tokens) < 1:
             raise UserError(
                 f"{self.name} judge: batch_size, max_length and max_new_tokens must be positive"
             )
         self.model_id = str(model)
-        self.batch_size = int(batch_size)
-        self.max_length = int(max_length)
-        self.max_new_tokens = int(max_new_tokens or self.default_max_new_tokens)
         self._validate()
         self._load(device)
         self._setup()

@@ -114,6 +114,7 @@ _SCALARS: tuple[str, ...] = (
     "han_share_response",
     "han_share_document",
     "word_overlap_document",
+    "length_ratio_log",
 )
 FEATURES: tuple[str, ...] = (
     *(f"response_emb_{i}" for i in range(EMBED_DIM)),
@@ -365,11 +366,15 @@ def featurize(
     n = len(responses)
     own = [strip_quotes(r).strip() or r for r in responses]
     heads = [opening(t) for t in own]
-    docs = sorted({d for d in documents if d})
-    emb = encoder.embed([*own, *heads, *responses, *docs, *exemplars])
-    e_own, e_head, e_raw = emb[:n], emb[n : 2 * n], emb[2 * n : 3 * n]
-    e_doc = dict(zip(docs, emb[3 * n : 3 * n + len(docs)], strict=True))
-    e_ex = emb[3 * n + len(docs) :]
+    # each distinct text once: a response without quotes is its own quote-stripped text, and a
+    # document is shared by all responses to it
+    texts = sorted({*own, *heads, *responses, *(d for d in documents if d)})
+    table = dict(zip(texts, encoder.embed(texts), strict=True))
+    e_own = np.stack([table[t] for t in own])
+    e_head = np.stack([table[t] for t in heads])
+    e_raw = np.stack([table[t] for t in responses])
+    e_doc = {d: table[d] for d in documents if d}
+    e_ex = encoder.embed(list(exemplars))
     keyword = keyword_evidence(responses, documents, tasks)
 
     scalars = np.zeros((n, len(_SCALARS)), dtype=np.float64)
@@ -395,6 +400,8 @@ def featurize(
             "han_share_response": _han_share(resp),
             "han_share_document": _han_share(doc),
             "word_overlap_document": _overlap(resp, doc),
+            # a translation or a cased copy is about as long as its document, a refusal is not
+            "length_ratio_log": math.log((len(resp) + 1) / (len(doc) + 1)) if doc else 0.0,
         }
         scalars[i] = [vals[k] for k in _SCALARS]
     X = np.concatenate([e_own, e_head, scalars], axis=1)

@@ -473,3 +473,106 @@ def test_score_script_end_to_end_and_overwrite(gen_root, tmp_path):
     again = run_script(*args, timeout=120)
     assert again.returncode != 0 and "exists; pass --overwrite" in again.stderr
     assert run_script(*args, "--overwrite", timeout=120).returncode == 0
+
+
+def test_seeds_give_mean_sd_and_a_pooled_wilson_interval():
+    from crossdefense.report import aggregate, compact_table, results_markdown
+
+    def result(run, seed, k, p):
+        return {
+            "run": run,
+            "eval_stem": "test_summarize",
+            "model": "m",
+            "train_task": "summarize",
+            "num_defense": 40,
+            "seed": seed,
+            "eval_task": "summarize",
+            "doc_kind": "harmful",
+            "n": 10,
+            "n_parsed": 10,
+            "refusals": k,
+            "refusal_rate": k / 10,
+            "refusal_ci": list(wilson(k, 10)),
+            "vs_base_p": p,
+            "judge": "keyword",
+            "summary_path": "x",
+        }
+
+    rs = [
+        result("a_seed1", 1, 6, 0.01),
+        result("a_seed2", 2, 8, 0.004),
+        result("a_seed3", 3, 10, 0.002),
+    ]
+    (cells,) = aggregate(rs).values()
+    cell = cells[("summarize", "harmful")]
+    assert cell["n_runs"] == 3 and cell["seeds"] == [1, 2, 3]
+    assert cell["refusal_rate"] == pytest.approx(0.8)
+    assert cell["sd"] == pytest.approx(0.2)  # sample sd of 0.6, 0.8, 1.0
+    assert cell["ci"] == wilson(24, 30)  # pooled over every seed's documents
+    md = results_markdown(rs)
+    lo, hi = wilson(24, 30)
+    # every seed differs from base at p < .05 but one not at .01: one star
+    assert f"| summarize 40 | summarize | 80±20 [{100 * lo:.0f}–{100 * hi:.0f}]* |" in md
+    assert "| summarize 40 | 2 | a_seed2 | test_summarize | 80 [" in md  # per-seed row
+    assert "80±20" in compact_table(rs)
+
+
+def test_compare_runs_is_an_exact_mcnemar_on_shared_ids(gen_root, tmp_path):
+    from crossdefense.io import read_jsonl
+    from crossdefense.scoring import compare_runs
+
+    score(str(gen_root), tmp_path / "scores")
+    rows = read_jsonl(tmp_path / "scores" / SCORES_FILE)
+    by_stem = {r["eval_stem"]: r for r in compare_runs(rows, "trans100", "sum10")}
+    # test_translate: trans100 refuses ids 0-3, sum10 id 0: 3 discordant pairs, all one way
+    t = by_stem["test_translate"]
+    assert (t["n_pairs"], t["a_only"], t["b_only"]) == (4, 3, 0)
+    assert t["p_value"] == pytest.approx(0.25)
+    assert (t["rate_a"], t["rate_b"]) == (1.0, 0.25)
+    with pytest.raises(UserError, match="run 'nope' is not in the scores"):
+        compare_runs(rows, "nope", "sum10")
+    proc = run_script(
+        "scripts/compare_runs.py",
+        "--scores_path",
+        str(tmp_path / "scores" / SCORES_FILE),
+        "--run_a",
+        "trans100",
+        "--run_b",
+        "sum10",
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "test_translate" in proc.stdout and "0.25" in proc.stdout
+
+
+def test_unparsed_answers_are_counted_not_mapped(gen_root, tmp_path):
+    from crossdefense.judges import UNPARSED, Judge, JudgeResult
+
+    class HalfUnparsed(Judge):
+        name = "gen"
+
+        def judge(self, response, document=None, task=None):
+            if response == REFUSE:
+                return JudgeResult("refusal", 1.0)
+            return JudgeResult(UNPARSED, float("nan"), ("garbage",))
+
+    files = [load_generation(gen_root / "sum10" / "test_summarize.json")]  # 2 refusals of 4
+    _, (res,) = score_files(files, [HalfUnparsed()], progress=False)
+    j = res["judges"]["gen"]
+    assert (j["n_unparsed"], j["n_parsed"], j["refusal_rate"]) == (2, 2, 1.0)
+    assert j["mean_score"] == 1.0  # the NaN scores of unparsed answers are left out
+
+
+def test_judge_model_flag_names_a_selected_model_judge():
+    from crossdefense.scoring import parse_judge_models
+
+    assert parse_judge_models(("wildguard=/m/wg", "llm=org/model"), ["wildguard", "llm"]) == {
+        "wildguard": "/m/wg",
+        "llm": "org/model",
+    }
+    with pytest.raises(UserError, match="'keyword' takes no model"):
+        parse_judge_models("keyword=x", ["keyword"])
+    with pytest.raises(UserError, match="'llm' is not among the judges"):
+        parse_judge_models("llm=x", ["keyword"])
+    with pytest.raises(UserError, match="is not judge=model_dir_or_hub_id"):
+        parse_judge_models("wildguard", ["wildguard"])

@@ -167,9 +167,38 @@ def test_config_cells_and_run_names(tmp_path):
     ]
 
 
+def test_seeds_are_an_axis_of_cells(tmp_path):
+    cfg = sw.SweepConfig.from_env(
+        {"NUMBERS": "0 10", "MODELS": "m=/models/m", "SEEDS": "1 2", "OUT_DIR": str(tmp_path)}
+    )
+    cells = sw.cells(cfg)
+    assert [c.run_name for c in cells] == [
+        "Instructions_100_m_seed1",
+        "Instructions_100_m_seed2",
+        "Instructions_100_10_summarize_m_seed1",
+        "Instructions_100_10_summarize_m_seed2",
+    ]
+    # each seed trains on the same mixture with its own --seed, and its hash differs
+    a, b = (sw.decide_train(cfg, c) for c in cells[2:])
+    assert a.command[a.command.index("--seed") + 1] == "1"
+    assert b.command[b.command.index("--seed") + 1] == "2"
+    assert sw.cell_paths(cfg, cells[2]).mixture == sw.cell_paths(cfg, cells[3]).mixture
+    assert sw.config_hash(sw.train_config(cfg, cells[2])) != sw.config_hash(
+        sw.train_config(cfg, cells[3])
+    )
+    # without SEEDS: upstream's names and no --seed (the trainer's default)
+    plain = sw.SweepConfig.from_env({"NUMBERS": "10", "MODELS": "m=/models/m"})
+    (cell,) = sw.cells(plain)
+    assert cell.run_name == "Instructions_100_10_summarize_m" and cell.seed is None
+    assert "--seed" not in sw.decide_train(plain, cell).command
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
+        ({"SEEDS": "1 x"}, "SEEDS: 'x' is not a non-negative integer"),
+        ({"SEEDS": "3 3"}, "SEEDS: a seed is listed twice"),
+        ({"SEEDS": "1 2", "TRAIN_ARGS": "--seed 5"}, "TRAIN_ARGS: --seed is set by the sweep"),
         ({"TASKS": "summarise"}, "TASKS: unknown task 'summarise'"),
         ({"NUMBERS": "10 ten"}, "NUMBERS: 'ten' is not a non-negative integer"),
         ({"MODELS": "llama"}, "MODELS: 'llama' is not name=path_or_hub_id:template"),
