@@ -288,6 +288,13 @@ class GenerativeJudge(BatchJudge):
     length-sorted, decoding only the new tokens.
 
     Subclasses give `render(user, response) -> prompt string` and `parse(raw) -> JudgeResult`.
+
+    Args:
+        model: hub id or local folder (default: the judge's published model; `llm` has none).
+        device: "cuda", "cpu", ... (default cuda when available); bfloat16 on CUDA, else fp32.
+        batch_size: prompts per `generate` call (results do not depend on it).
+        max_length: token budget for the prompt; longer pairs lose the end of the document.
+        max_new_tokens: answer length (default: what the model card uses).
     """
 
     name = "generative"
@@ -312,7 +319,9 @@ class GenerativeJudge(BatchJudge):
         try:  # command-line values may arrive as strings
             self.batch_size = int(batch_size)
             self.max_length = int(max_length)
-            self.max_new_tokens = int(max_new_tokens or self.default_max_new_tokens)
+            self.max_new_tokens = int(
+                self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
+            )
         except (TypeError, ValueError):
             raise UserError(
                 f"{self.name} judge: batch_size, max_length and max_new_tokens must be integers"
@@ -354,12 +363,15 @@ class GenerativeJudge(BatchJudge):
             raise UserError(f"{self.name} judge: model folder {where} not found")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(where)
-            self.model = AutoModelForCausalLM.from_pretrained(where, dtype=self.dtype)
+            # straight onto the device: a 13B judge need not pass through CPU memory first
+            self.model = AutoModelForCausalLM.from_pretrained(
+                where, dtype=self.dtype, device_map={"": self.device}
+            )
         except (OSError, ValueError, KeyError) as e:
             raise UserError(
                 f"{self.name} judge: cannot load model {where} ({_first_line(e)})"
             ) from None
-        self.model.to(self.device).eval()
+        self.model.eval()
         tok = self.tokenizer
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])

@@ -367,7 +367,8 @@ def score_files(
                     "judges": {
                         name: {
                             "label": v[k].label,
-                            "score": v[k].score,
+                            # strict JSON has no NaN (an unparsed generative answer)
+                            "score": None if math.isnan(v[k].score) else v[k].score,
                             **({"evidence": list(v[k].evidence)} if v[k].evidence else {}),
                             **({"extra": v[k].extra} if v[k].extra else {}),
                         }
