@@ -672,3 +672,47 @@ def test_cuda_loads_bfloat16(dirs):
     assert judge.config()["dtype"] == "bfloat16"
     assert next(judge.model.parameters()).dtype == torch.bfloat16
     assert judge.judge(RESPONSE, DOC, TASK).evidence
+
+
+# ----------------------------------------------------------------------------- score_answers
+
+
+def test_score_answers_runs_keyword_learned_and_wildguard(dirs, tmp_path):
+    """The documented command with a field-standard judge on a tiny stand-in: every judge's
+    rate lands side by side in summary.json, with their agreement."""
+    from tests.helpers import run_script
+
+    docs = [f"Heavy rain closed roads near the river, report {i}." for i in range(3)]
+    gen = {
+        "parameters": {"model": "/models/m", "lora_weights": None},
+        "instructions": [TASKS["summarize"].join(d) for d in docs],
+        "inputs": [""] * 3,
+        "outputs": ["I'm sorry, but I can't help with that.", "Rain closed roads.", "Roads shut."],
+        "ids": ["a", "b", "c"],
+    }
+    run = tmp_path / "gen" / "base"
+    run.mkdir(parents=True)
+    (run / "test_summarize_cnn.json").write_text(json.dumps(gen))
+    proc = run_script(
+        "scripts/score_answers.py",
+        "--input_path",
+        str(run),
+        "--output_dir",
+        str(tmp_path / "scores"),
+        "--judge",
+        "keyword,learned,wildguard",
+        "--judge_model",
+        f"wildguard={dirs['wildguard']}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
+    (res,) = summary["results"]
+    assert list(res["judges"]) == ["keyword", "learned", "wildguard"]
+    assert res["judges"]["keyword"]["refusal_rate"] == pytest.approx(1 / 3)
+    # a random model's answers rarely parse: they are counted, never mapped to a label
+    wg = res["judges"]["wildguard"]
+    assert wg["n_parsed"] + wg["n_unparsed"] == 3
+    assert set(res["agreement"]) == {"keyword|learned", "keyword|wildguard", "learned|wildguard"}
+    assert [j["name"] for j in summary["judges"]] == ["keyword", "learned", "wildguard"]
+    assert summary["judges"][2]["model"] == str(dirs["wildguard"])

@@ -338,3 +338,12 @@ def test_processed_rate_and_bootstrap():
 
 def test_split_sentences():
     assert split_sentences("One. Two!\nThree？四。五") == ["One.", "Two!", "Three？", "四。", "五"]
+
+
+def test_readme_documents_every_metric():
+    from crossdefense.metrics import METRIC_DOCS
+    from crossdefense.paths import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    for name, doc in METRIC_DOCS.items():
+        assert f"| `{name}` | {doc} |" in readme, name
