@@ -318,6 +318,58 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
+def judges_markdown(results: Sequence[dict[str, Any]]) -> list[str]:
+    """Every refusal judge's rate side by side per run x eval file, with Cohen's kappa of each
+    pair (from summary.json); nothing when one judge scored the runs."""
+    names: list[str] = []
+    for r in results:
+        for name, j in (r.get("judges") or {}).items():
+            if j.get("kind") == "refusal" and name not in names:
+                names.append(name)
+    if len(names) < 2:
+        return []
+    pairs = [f"{a}|{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
+    lines = [
+        "## Judges side by side",
+        "",
+        "Refusal % per judge (95% Wilson interval); κ = Cohen's kappa on refusal vs not.",
+        "",
+        "| model | train | eval file | "
+        + " | ".join(names)
+        + " | "
+        + " | ".join(f"κ {p.replace('|', '/')}" for p in pairs)
+        + " |",
+        "|" + "---|" * (3 + len(names) + len(pairs)),
+    ]
+    for r in sorted(
+        results, key=lambda r: (_config_sort(config_of(r)), _seed_key(r), r["eval_stem"])
+    ):
+        judges = r.get("judges") or {}
+        cells = []
+        for name in names:
+            j = judges.get(name)
+            if not j or j.get("refusal_rate") is None:
+                cells.append("–")
+                continue
+            ci = j.get("refusal_ci")
+            cells.append(
+                f"{100 * j['refusal_rate']:.0f}"
+                + (f" [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]" if ci else "")
+            )
+        agree = r.get("agreement") or {}
+        kappas = [
+            "–" if (agree.get(p) or {}).get("kappa") is None else f"{agree[p]['kappa']:.2f}"
+            for p in pairs
+        ]
+        train = _train(config_of(r)) + (f" s{r['seed']}" if r.get("seed") is not None else "")
+        lines.append(
+            f"| {r.get('model')} | {train} | {r['eval_stem']} | "
+            + " | ".join(cells + kappas)
+            + " |"
+        )
+    return [*lines, ""]
+
+
 def results_markdown(results: Sequence[dict[str, Any]]) -> str:
     """One table per model (rows: config x eval task), per-seed rows when there are seeds,
     then instruction-set refusal rates if any."""
@@ -375,6 +427,7 @@ def results_markdown(results: Sequence[dict[str, Any]]) -> str:
                 ]
                 lines.append("| " + " | ".join(row) + " |")
             lines.append("")
+    lines += judges_markdown(results)
     lines.append(
         "Preference per task (first available): "
         + "; ".join(f"{t}: {' → '.join(ms)}" for t, ms in PRIMARY_UTILITY.items())

@@ -250,6 +250,14 @@ def test_scores_jsonl_rows_and_several_judges(gen_root, tmp_path):
     # both judges agree on these canned answers: raw agreement 1; kappa defined (two labels)
     pair = r["agreement"]["keyword|keyword_prefix"]
     assert pair["n"] == N and pair["agreement"] == 1.0 and pair["kappa"] == pytest.approx(1.0)
+    # the report shows both judges' rates side by side with their kappa
+    from crossdefense.report import results_markdown
+
+    md = results_markdown([{**r, "summary_path": "x"} for r in summary["results"]])
+    assert (
+        "| model | train | eval file | keyword | keyword_prefix | κ keyword/keyword_prefix |" in md
+    )
+    assert "| TinyLlama-1B | summarize 10 | test_summarize | 50 [" in md
 
 
 def test_inputs_file_run_dir_and_glob(gen_root):
