@@ -16,8 +16,8 @@ from crossdefense.data import Record, encode, read_eval_records
 from crossdefense.io import (
     append_jsonl,
     expand_paths,
+    path_component,
     read_json,
-    read_jsonl,
     sha256_file,
     write_json,
 )
@@ -98,17 +98,72 @@ def config_fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_done(jsonl: Path, fingerprint: str) -> dict[str, dict]:
-    """Records already generated under the same settings; other settings are an error."""
+def record_hash(fingerprint: str, record: Record) -> str:
+    """What produced one answer: the run's settings and the record's own prompt text. A record
+    whose text changed since its answer was written gets a new hash, so it is regenerated."""
+    blob = json.dumps([fingerprint, record.instruction, record.input], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_resume_log(jsonl: Path) -> list[dict]:
+    """The rows of a resumable JSONL. A torn last line (a kill, a full disk) is dropped, with
+    a warning, and cut from the file so that appends continue on a clean line; an unreadable
+    line anywhere else is an error naming it."""
     if not jsonl.is_file():
-        return {}
-    done = {}
-    for row in read_jsonl(jsonl):
-        if row.get("config") != fingerprint:
-            raise UserError(
-                f"{jsonl}: partial output made with other settings; pass --overwrite to redo it"
-            )
-        done[row["id"]] = row
+        return []
+    data = jsonl.read_bytes()
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]  # tail: text after the last newline
+    rows, good_end = [], 0
+    for lineno, line in enumerate(complete, 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if lineno == len(complete) and not tail.strip():
+                    tail = line  # the last line, newline written but content torn
+                    break
+                raise UserError(
+                    f"{jsonl}: line {lineno} is not valid JSON; fix or delete the file "
+                    "(or pass --overwrite)"
+                ) from None
+            if not isinstance(row, dict) or "id" not in row:
+                raise UserError(f"{jsonl}: line {lineno} is not a generation record")
+            rows.append(row)
+        good_end += len(line) + 1
+    if tail.strip():
+        log.warning(
+            "%s: dropped a torn last line (%d bytes); it will be regenerated", jsonl, len(tail)
+        )
+        with open(jsonl, "r+b") as f:
+            f.truncate(good_end)
+    return rows
+
+
+def load_done(jsonl: Path, fingerprint: str, records: list[Record]) -> dict[str, dict]:
+    """Records already generated under the same settings for the same prompt text; rows made
+    with other settings are an error, rows for changed or vanished records are regenerated."""
+    rows = read_resume_log(jsonl)
+    if any(row.get("config") != fingerprint for row in rows):
+        raise UserError(
+            f"{jsonl}: partial output made with other settings; pass --overwrite to redo it"
+        )
+    wanted = {r.id: record_hash(fingerprint, r) for r in records}
+    done, stale = {}, set()
+    for row in rows:
+        rid = str(row["id"])
+        if wanted.get(rid) == row.get("record_hash"):
+            done[rid] = row
+        else:
+            stale.add(rid)
+    stale -= set(done)
+    if stale:
+        log.warning(
+            "%s: %d earlier answers belong to records that changed or left the eval file; "
+            "they are regenerated, not reused",
+            jsonl,
+            len(stale),
+        )
     return done
 
 
@@ -436,6 +491,10 @@ def run_generation(
     from crossdefense.io import run_metadata
     from crossdefense.prompts import load_prompter, stored_prompter
 
+    run_name = path_component(run_name, "--run_name")
+    out_root = Path(output_path)
+    if out_root.exists() and not out_root.is_dir():
+        raise UserError(f"--output_path {out_root}: exists and is not a directory")
     modeling.check_quantization(load_8bit, load_4bit)
     modeling.check_base_model(base_model)
     if lora_weights:
@@ -465,9 +524,14 @@ def run_generation(
     for path in input_paths:
         records = read_eval_records(path)
         paths = output_paths(output_path, run_name, path, suffix)
+        if Path(path).resolve() in (paths.final.resolve(), paths.jsonl.resolve()):
+            raise UserError(
+                f"{path}: the eval file is also this run's output; choose another "
+                "--output_path or --run_name"
+            )
         if paths.final.exists():
-            if skip_existing and _fingerprint_of(paths.final) == fingerprint:
-                log.info("%s: done with the same settings, skipped", paths.final)
+            if skip_existing and _made_by(paths.final) == (fingerprint, sha256_file(path)):
+                log.info("%s: done with the same settings and eval file, skipped", paths.final)
                 continue
             if not overwrite:
                 raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
@@ -489,7 +553,7 @@ def run_generation(
     for j, (eval_path, records, paths) in enumerate(jobs):
         if overwrite:
             paths.jsonl.unlink(missing_ok=True)
-        done = load_done(paths.jsonl, fingerprint)
+        done = load_done(paths.jsonl, fingerprint, records)
         rows_by_job.append(done)
         todo = [r for r in records if r.id not in done]
         log.info("%s: %d records, %d already done", eval_path, len(records), len(done))
@@ -497,7 +561,7 @@ def run_generation(
         owner.extend([j] * len(todo))
 
     def keep(i: int, row: dict) -> None:
-        row = {**row, "config": fingerprint}
+        row = {**row, "config": fingerprint, "record_hash": record_hash(fingerprint, pooled[i])}
         append_row(jobs[owner[i]][2].jsonl, row)
         rows_by_job[owner[i]][row["id"]] = row
 
@@ -540,11 +604,14 @@ def run_generation(
     return written
 
 
-def _fingerprint_of(final: Path) -> str | None:
+def _made_by(final: Path) -> tuple[str | None, str | None]:
+    """(settings fingerprint, eval file sha256) a final file records: skipping it needs both
+    to match, so an edited eval file is never answered with old outputs."""
     try:
-        return read_json(final).get("metadata", {}).get("config_fingerprint")
+        meta = read_json(final).get("metadata", {})
     except UserError:
-        return None
+        return None, None
+    return meta.get("config_fingerprint"), meta.get("eval_sha256")
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -189,3 +190,21 @@ def run_metadata(flags: dict[str, Any]) -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
     }
+
+
+_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def path_component(value: object, what: str) -> str:
+    """A name used as one folder or file name (a run name, a model name): letters, digits and
+    `._-`, not starting with a dot, so it can never climb out of (`..`) or replace (`/abs`)
+    the folder it is joined to. fire turns `--run_name 2024` into an int: accepted as text."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise UserError(f"{what}: {value!r} is not a name")
+    name = str(value)
+    if not _COMPONENT.match(name):
+        raise UserError(
+            f"{what}: {name!r} must be a single folder name (letters, digits, '.', '_', '-', "
+            "not starting with '.' or containing '/')"
+        )
+    return name

@@ -347,3 +347,88 @@ def test_a_retrained_adapter_invalidates_old_outputs(tiny_model_dir, tmp_path):
             run(tiny_model_dir, [ev], tmp_path / "out", lora_weights=str(adapter))
     with pytest.raises(UserError, match="exists; pass --overwrite"):
         run(tiny_model_dir, [ev], tmp_path / "out", lora_weights=str(adapter), skip_existing=True)
+
+
+def test_a_torn_last_line_is_dropped_and_regenerated(tiny_model_dir, tmp_path, caplog):
+    ev = write_eval(tmp_path / "test_summarize.json", n=4)
+    (final,) = run(tiny_model_dir, [ev], tmp_path / "out")
+    whole = json.loads(final.read_text())
+    jsonl = final.with_suffix(".jsonl")
+    lines = jsonl.read_text().splitlines()
+    # a kill in the middle of the third write: two whole lines and half of the third
+    jsonl.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    final.unlink()
+    with caplog.at_level("WARNING"):
+        run(tiny_model_dir, [ev], tmp_path / "out")
+    assert "dropped a torn last line" in caplog.text
+    assert json.loads(final.read_text())["outputs"] == whole["outputs"]
+    assert [json.loads(x)["id"] for x in jsonl.read_text().splitlines()] == [
+        json.loads(x)["id"] for x in lines[:2]
+    ] + [json.loads(x)["id"] for x in lines[2:]]
+    # a corrupt line in the middle is not guessed at
+    jsonl.write_text(lines[0] + "\n{not json\n" + lines[1] + "\n")
+    final.unlink()
+    with pytest.raises(UserError, match=r"line 2 is not valid JSON"):
+        run(tiny_model_dir, [ev], tmp_path / "out")
+
+
+def test_an_edited_eval_file_never_keeps_old_answers(tiny_model_dir, tmp_path, caplog):
+    ev = write_eval(tmp_path / "test_summarize.json", n=3)
+    (final,) = run(tiny_model_dir, [ev], tmp_path / "out")
+    before = json.loads(final.read_text())
+    # the same ids (positions) now hold other documents
+    data = json.loads(ev.read_text())
+    data["instructions"][1] = TASKS["summarize"].join("The bakery won a prize for its bread.")
+    ev.write_text(json.dumps(data))
+    # skip_existing no longer skips: the eval file's content changed
+    (again,) = run(tiny_model_dir, [ev], tmp_path / "out", skip_existing=True, overwrite=True)
+    after = json.loads(again.read_text())
+    assert after["metadata"]["eval_sha256"] != before["metadata"]["eval_sha256"]
+    assert after["instructions"][1] != before["instructions"][1]
+    # a crash then a re-run on the edited file: the changed record is regenerated, not reused
+    jsonl = final.with_suffix(".jsonl")
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    data["instructions"][1] = TASKS["summarize"].join("Scientists measured the ocean for years.")
+    ev.write_text(json.dumps(data))
+    final.unlink()
+    with caplog.at_level("WARNING"):
+        run(tiny_model_dir, [ev], tmp_path / "out")
+    assert "1 earlier answers belong to records that changed" in caplog.text
+    new_rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert len(new_rows) == len(rows) + 1  # only record 1 was generated again
+    fresh = outputs_for(tiny_model_dir, data["instructions"][1])
+    assert json.loads(final.read_text())["outputs"][1] == fresh
+
+
+def outputs_for(tiny_model_dir, instruction: str) -> str:
+    """What the generator answers for one prompt alone (greedy, same settings as `run`)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        ev = Path(d) / "test_summarize.json"
+        ev.write_text(json.dumps({"instructions": [instruction], "inputs": []}))
+        (final,) = run(tiny_model_dir, [ev], Path(d) / "out")
+        return json.loads(final.read_text())["outputs"][0]
+
+
+@pytest.mark.parametrize("bad", ["../../x", "/tmp/abs", "a/b", ".hidden", "", True])
+def test_run_names_cannot_leave_the_output_folder(tiny_model_dir, tmp_path, bad):
+    ev = write_eval(tmp_path / "test_summarize.json", n=1)
+    with pytest.raises(UserError, match="--run_name"):
+        run(tiny_model_dir, [ev], tmp_path / "out", run_name=bad)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()
+
+
+def test_an_input_is_never_an_output_and_int_run_names_work(tiny_model_dir, tmp_path):
+    (tmp_path / "out" / "tiny").mkdir(parents=True)
+    ev = write_eval(tmp_path / "out" / "tiny" / "test_summarize.json", n=1)
+    before = ev.read_bytes()
+    with pytest.raises(UserError, match="is also this run's output"):
+        run(tiny_model_dir, [ev], tmp_path / "out", overwrite=True)
+    assert ev.read_bytes() == before
+    (final,) = run(tiny_model_dir, [ev], tmp_path / "out", run_name=2024)  # fire's int
+    assert final.parent.name == "2024"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        run(tiny_model_dir, [ev], tmp_path / "file")
