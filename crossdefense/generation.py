@@ -16,6 +16,7 @@ from crossdefense.data import Record, encode, read_eval_records
 from crossdefense.io import (
     append_jsonl,
     expand_paths,
+    output_lock,
     path_component,
     read_json,
     sha256_file,
@@ -488,7 +489,6 @@ def run_generation(
 ) -> list[Path]:
     """Validate everything, load the model once, then generate every eval file in turn."""
     from crossdefense import modeling
-    from crossdefense.io import run_metadata
     from crossdefense.prompts import load_prompter, stored_prompter
 
     run_name = path_component(run_name, "--run_name")
@@ -519,6 +519,56 @@ def run_generation(
         "load_4bit": load_4bit,
     }
     fingerprint = config_fingerprint(settings)
+    with output_lock(Path(output_path) / run_name, "generation"):
+        return _generate(
+            base_model=base_model,
+            lora_weights=lora_weights,
+            input_paths=input_paths,
+            output_path=output_path,
+            run_name=run_name,
+            prompter=prompter,
+            settings=settings,
+            fingerprint=fingerprint,
+            cfg=cfg,
+            batch_size=batch_size,
+            load_8bit=load_8bit,
+            load_4bit=load_4bit,
+            trust_remote_code=trust_remote_code,
+            overwrite=overwrite,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            skip_existing=skip_existing,
+            flags=flags,
+            share_prefix=share_prefix,
+        )
+
+
+def _generate(
+    *,
+    base_model: str,
+    lora_weights: str | None,
+    input_paths: list[Path],
+    output_path: str,
+    run_name: str,
+    prompter: Prompter,
+    settings: dict[str, Any],
+    fingerprint: str,
+    cfg: DecodingConfig,
+    batch_size: int,
+    load_8bit: bool,
+    load_4bit: bool,
+    trust_remote_code: bool,
+    overwrite: bool,
+    num_shards: int,
+    shard_index: int,
+    skip_existing: bool,
+    flags: dict[str, Any] | None,
+    share_prefix: bool,
+) -> list[Path]:
+    """The work of `run_generation`, under its lock on the run folder."""
+    from crossdefense import modeling
+    from crossdefense.io import run_metadata
+
     suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""
     jobs = []
     for path in input_paths:

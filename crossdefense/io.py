@@ -208,3 +208,57 @@ def path_component(value: object, what: str) -> str:
             "not starting with '.' or containing '/')"
         )
     return name
+
+
+LOCK_FILE = ".crossdefense.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+@contextmanager
+def output_lock(directory: str | Path, what: str = "run"):
+    """One writer per output folder: an advisory lock file holding the writer's PID and host.
+
+    A second writer stops with one line naming the first; a lock left by a dead process on this
+    host is reported and taken over (on another host it cannot be checked, so it is refused).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    me = {"pid": os.getpid(), "host": platform.node(), "started": _dt.datetime.now().isoformat()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text(encoding="utf-8") or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            pid, host = holder.get("pid"), holder.get("host")
+            if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "%s: stale lock of dead process %s removed", path, pid
+                )
+                path.unlink(missing_ok=True)
+                continue
+            raise UserError(
+                f"{directory}: another {what} is writing here (pid {pid} on {host}, since "
+                f"{holder.get('started')}); wait for it, or delete {path} if it is gone"
+            ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

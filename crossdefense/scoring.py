@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.io import atomic_open, expand_paths, read_json, read_json_or_jsonl, run_metadata
+from crossdefense.io import (
+    atomic_open,
+    expand_paths,
+    output_lock,
+    read_json,
+    read_json_or_jsonl,
+    run_metadata,
+)
 from crossdefense.judges import UNPARSED, Judge
 from crossdefense.metrics import (
     PARTIAL,
@@ -664,8 +671,10 @@ def score_paths(
         if name in models:
             kwargs["model"] = models[name]
         judges.append(make_judge(name, **kwargs))
-    rows, results = score_files(files, judges)
-    write_scores(scores_path, summary_path, rows, results, judges, flags or {})
+    with output_lock(Path(output_dir), "scoring"):
+        check_output_dir(output_dir, overwrite)  # again: another run may have finished meanwhile
+        rows, results = score_files(files, judges)
+        write_scores(scores_path, summary_path, rows, results, judges, flags or {})
     return results
 
 

@@ -69,6 +69,11 @@ def normalise_modules(value: Any) -> tuple[str, ...]:
     return mods
 
 
+def _number(x: Any) -> bool:
+    """A real number (fire may hand a string or a bool for a mistyped flag)."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -94,6 +99,35 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.cutoff_len < 8:
         raise UserError("--cutoff_len must be >= 8")
+    checks = (
+        (_number(cfg.learning_rate) and cfg.learning_rate > 0, "--learning_rate must be > 0"),
+        (
+            _number(cfg.lora_r) and cfg.lora_r >= 1 and cfg.lora_r == int(cfg.lora_r),
+            "--lora_r must be an integer >= 1",
+        ),
+        (_number(cfg.lora_alpha) and cfg.lora_alpha > 0, "--lora_alpha must be > 0"),
+        (
+            _number(cfg.lora_dropout) and 0 <= cfg.lora_dropout < 1,
+            "--lora_dropout must be in [0, 1)",
+        ),
+        (
+            _number(cfg.val_set_size) and cfg.val_set_size >= 0,
+            "--val_set_size must be >= 0 (a count, or a fraction below 1)",
+        ),
+        (
+            _number(cfg.max_steps) and (cfg.max_steps > 0 or cfg.max_steps == -1),
+            "--max_steps must be > 0, or -1 to train --num_epochs",
+        ),
+        (
+            cfg.max_steps > 0 or (_number(cfg.num_epochs) and cfg.num_epochs > 0),
+            "--num_epochs must be > 0",
+        ),
+        (_number(cfg.warmup_steps) and cfg.warmup_steps >= 0, "--warmup_steps must be >= 0"),
+        (_number(cfg.save_steps) and cfg.save_steps >= 1, "--save_steps must be >= 1"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
     out = Path(cfg.output_dir)
     if (out / "adapter_config.json").exists() and not (cfg.overwrite or cfg.resume_from_checkpoint):
         raise UserError(
@@ -244,13 +278,25 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, flags: dict[str, Any] | None = None) -> TrainResult:
+    """Validate, then train under a lock on the output folder (the main process holds it:
+    under DDP every rank trains, rank 0 writes)."""
+    from contextlib import nullcontext
+
+    from crossdefense.io import output_lock
+
+    validate(cfg)
+    lock = output_lock(cfg.output_dir, "training") if is_main_process() else nullcontext()
+    with lock:
+        return _train(cfg, flags)
+
+
+def _train(cfg: TrainConfig, flags: dict[str, Any] | None = None) -> TrainResult:
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
     from crossdefense import modeling
     from crossdefense.prompts import load_prompter, save_prompter
 
-    validate(cfg)
     records = load_records(cfg.data_path)
     data_facts = train_data_facts(cfg.data_path, len(records))
     set_seed(cfg.seed)

@@ -432,3 +432,27 @@ def test_an_input_is_never_an_output_and_int_run_names_work(tiny_model_dir, tmp_
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="exists and is not a directory"):
         run(tiny_model_dir, [ev], tmp_path / "file")
+
+
+def test_one_writer_per_run_folder(tiny_model_dir, tmp_path, caplog):
+    import os
+    import platform
+
+    from crossdefense.io import LOCK_FILE
+
+    ev = write_eval(tmp_path / "test_summarize.json", n=1)
+    run_dir = tmp_path / "out" / "tiny"
+    run_dir.mkdir(parents=True)
+    lock = run_dir / LOCK_FILE
+    # a live writer (this test process stands in for it): the second run stops, writes nothing
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": platform.node(), "started": "t"}))
+    with pytest.raises(UserError, match="another generation is writing here"):
+        run(tiny_model_dir, [ev], tmp_path / "out")
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
+    # a lock left by a dead process is reported and taken over; it is gone after the run
+    dead = 2**22 + 12345
+    lock.write_text(json.dumps({"pid": dead, "host": platform.node(), "started": "t"}))
+    with caplog.at_level("WARNING"):
+        (final,) = run(tiny_model_dir, [ev], tmp_path / "out")
+    assert "stale lock of dead process" in caplog.text
+    assert final.is_file() and not lock.exists()

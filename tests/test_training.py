@@ -104,7 +104,7 @@ def test_resume_from_adapter_dir_starts_from_its_weights(trained, tiny_model_dir
         tiny_model_dir,
         tmp_path,
         resume_from_checkpoint=str(first.output_dir),
-        learning_rate=0.0,
+        learning_rate=1e-12,  # one Adam step moves weights by ~lr: far inside allclose
         max_steps=1,
         lora_dropout=0.0,
     )
@@ -123,6 +123,13 @@ def test_resume_from_adapter_dir_starts_from_its_weights(trained, tiny_model_dir
         ({"prompt_template_name": "nope"}, "unknown prompt template"),
         ({"batch_size": 6, "micro_batch_size": 4}, "not a multiple"),
         ({"val_set_size": 12}, "leaves no training records"),
+        ({"val_set_size": -1}, "--val_set_size must be >= 0"),
+        ({"learning_rate": 0.0}, "--learning_rate must be > 0"),
+        ({"lora_r": 0}, "--lora_r must be an integer >= 1"),
+        ({"lora_dropout": 1.0}, "--lora_dropout must be in"),
+        ({"max_steps": 0}, "--max_steps must be > 0, or -1"),
+        ({"max_steps": -1, "num_epochs": 0}, "--num_epochs must be > 0"),
+        ({"learning_rate": "fast"}, "--learning_rate must be > 0"),
         ({"cutoff_len": 12}, "the prompt without its document"),
         ({"lora_target_modules": ("nope_proj",)}, "no module named nope_proj"),
     ],
