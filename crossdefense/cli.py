@@ -25,3 +25,31 @@ def reject_unknown_flags(main: Callable, argv: list[str] | None = None) -> None:
             name = name[2:] if name[2:] in known else name
         if name.replace("-", "_") not in known:
             sys.exit(f"error: unknown flag --{name} (see --help)")
+
+
+def run(main: Callable) -> None:
+    """A fire script's entry point: unknown flags refused first, then ordinary failures end
+    with one line and a status, never a traceback:
+    - a `UserError` (bad input): `error: ...`, status 1;
+    - an `OSError` while reading or writing (disk full, permission denied): `error: <path>: ...`,
+      status 1 (outputs are written atomically, so nothing is left half-written);
+    - Ctrl-C: one line, status 130; finished records and checkpoints are kept for a re-run.
+    """
+    import fire
+
+    from crossdefense import UserError
+
+    reject_unknown_flags(main)
+    try:
+        fire.Fire(main)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: finished work is kept; run the same command again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        sys.exit(f"error: {where}{e.strerror or e}")

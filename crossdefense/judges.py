@@ -657,6 +657,10 @@ class ModerationJudge(BatchJudge):
             try:
                 return self.client.moderations.create(model=self.model, input=inputs)
             except Exception as e:  # the client raises many transient types; retry them all
+                status = getattr(e, "status_code", None)
+                if isinstance(status, int) and 400 <= status < 500 and status != 429:
+                    # a bad key, a bad request: retrying cannot help (429 = rate limit can)
+                    raise UserError(f"moderation request refused ({status}): {e}") from None
                 if attempt == self.max_retries:
                     raise RuntimeError(
                         f"moderation request failed after {attempt + 1} attempts: {e}"

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import logging
 
-import fire
-
 from crossdefense import bench, modeling
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 from crossdefense.data import read_eval_records
 from crossdefense.generation import DecodingConfig, expand_inputs
 from crossdefense.paths import EMBEDDED_MODEL_DIR, MINI_DATA_DIR
@@ -110,5 +108,4 @@ def main(
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

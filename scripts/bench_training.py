@@ -12,9 +12,7 @@ import multiprocessing as mp
 import tempfile
 from pathlib import Path
 
-import fire
-
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 from crossdefense.paths import EMBEDDED_MODEL_DIR
 
 SETUPS = {
@@ -145,5 +143,4 @@ def main(
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

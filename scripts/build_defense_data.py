@@ -13,10 +13,8 @@ from __future__ import annotations
 import logging
 import sys
 
-import fire
-
 from crossdefense import UserError
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 from crossdefense.mixture import DEFAULT_ALPACA, DEFAULT_SAFETY_PATH, build_defense_data
 
 
@@ -81,5 +79,4 @@ def main(
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import sys
 
-import fire
-
 from crossdefense import UserError
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 from crossdefense.minidata import MINI_EVAL_DIR, write_eval_files
 
 
@@ -36,5 +34,4 @@ def main(output_dir: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import logging
 import sys
 
-import fire
-
 from crossdefense import UserError
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 from crossdefense.demo import DemoConfig, run_demo
 from crossdefense.paths import MINI_DATA_DIR
 from crossdefense.tasks import TASK_NAMES
@@ -82,5 +80,4 @@ def main(
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

@@ -9,10 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-import fire
-
 from crossdefense import UserError
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 from crossdefense.embedded import fetch_embedded_model
 from crossdefense.paths import EMBEDDED_MODEL_DIR
 
@@ -36,5 +34,4 @@ def main(
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

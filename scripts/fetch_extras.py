@@ -10,10 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import fire
-
 from crossdefense import UserError
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 from crossdefense.mixture import attach_cnn_references, fetch_alpaca, fetch_beavertails_unsafe
 
 
@@ -36,5 +34,4 @@ def main(dest: str, evaluation_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

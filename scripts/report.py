@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-import fire
-
 from crossdefense import UserError
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 from crossdefense.paths import EVALUATION_DIR
 
 
@@ -41,5 +39,4 @@ def main(
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

@@ -6,10 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-import fire
-
 from crossdefense import UserError
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 from crossdefense.paths import EVALUATION_DIR
 
 
@@ -73,5 +71,4 @@ def main(
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-import fire
-
 from crossdefense import UserError
-from crossdefense.cli import reject_unknown_flags
+from crossdefense.cli import run
 
 ACTIONS = ("plan", "count", "commands", "run", "build", "score", "report", "summary")
 
@@ -90,5 +88,4 @@ def main(
 
 
 if __name__ == "__main__":
-    reject_unknown_flags(main)
-    fire.Fire(main)
+    run(main)

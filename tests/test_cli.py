@@ -4,6 +4,7 @@ tiny model, and bad input as one line on stderr with a non-zero exit and nothing
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -126,3 +127,28 @@ def test_bad_input_is_one_line(tiny_model_dir, tmp_path, script, args, match):
     assert last.startswith("error: ") and match in last, res.stderr[-1500:]
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [
+        (KeyboardInterrupt(), 130, "interrupted: finished work is kept"),
+        (
+            OSError(28, "No space left on device", "/out/x.json"),
+            "error: /out/x.json: No space left on device",
+            None,
+        ),
+    ],
+)
+def test_run_turns_ctrl_c_and_os_errors_into_one_line(monkeypatch, capsys, exc, code, line):
+    from crossdefense.cli import run
+
+    def main(flag: int = 1) -> None:
+        raise exc
+
+    monkeypatch.setattr(sys, "argv", ["script.py", "--flag", "2"])
+    with pytest.raises(SystemExit) as info:
+        run(main)
+    assert info.value.code == code
+    if line:
+        assert line in capsys.readouterr().err

@@ -291,6 +291,24 @@ def test_moderation_retries_with_backoff_then_labels():
     assert fake.moderations.calls == 3
 
 
+def test_moderation_does_not_retry_a_refused_request():
+    class Unauthorized(Exception):
+        status_code = 401
+
+    class Refusing:
+        calls = 0
+
+        def create(self, model, input):
+            Refusing.calls += 1
+            raise Unauthorized("invalid api key")
+
+    delays: list[float] = []
+    judge = ModerationJudge(client=SimpleNamespace(moderations=Refusing()), sleep=delays.append)
+    with pytest.raises(UserError, match=r"moderation request refused \(401\)"):
+        judge.judge("text")
+    assert Refusing.calls == 1 and delays == []
+
+
 def test_moderation_gives_up_after_max_retries():
     fake = SimpleNamespace(moderations=_FakeModerations(failures=10))
     delays: list[float] = []
