@@ -39,6 +39,41 @@ class DecodingConfig:
     max_input_tokens: int = 2048
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        """Range checks before any model loads (fire passes whatever was typed)."""
+
+        def number(x: Any) -> bool:
+            return isinstance(x, int | float) and not isinstance(x, bool)
+
+        checks = (
+            (
+                isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+                "--max_new_tokens must be an integer >= 1",
+            ),
+            (
+                isinstance(self.num_beams, int) and self.num_beams >= 1,
+                "--num_beams must be an integer >= 1",
+            ),
+            (
+                isinstance(self.max_input_tokens, int) and self.max_input_tokens >= 8,
+                "--max_input_tokens must be an integer >= 8",
+            ),
+            (
+                isinstance(self.do_sample, bool),
+                "--do_sample is a switch (--do_sample or --nodo_sample)",
+            ),
+            (number(self.temperature) and self.temperature > 0, "--temperature must be > 0"),
+            (number(self.top_p) and 0 < self.top_p <= 1, "--top_p must be in (0, 1]"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "--top_k must be an integer >= 0"),
+            (
+                isinstance(self.seed, int) and not isinstance(self.seed, bool),
+                "--seed must be an integer",
+            ),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,

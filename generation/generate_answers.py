@@ -77,10 +77,6 @@ def main(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if max_new_tokens < 1 or num_beams < 1:
-            raise UserError("--max_new_tokens and --num_beams must be >= 1")
-        paths = expand_inputs(input_path)
-        name = run_name or short_model_name(lora_weights or base_model)
         cfg = DecodingConfig(
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
@@ -91,6 +87,8 @@ def main(
             max_input_tokens=max_input_tokens,
             seed=seed,
         )
+        paths = expand_inputs(input_path)
+        name = run_name or short_model_name(lora_weights or base_model)
         written = run_generation(
             base_model=base_model,
             lora_weights=lora_weights,

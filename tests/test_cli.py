@@ -152,3 +152,30 @@ def test_run_turns_ctrl_c_and_os_errors_into_one_line(monkeypatch, capsys, exc, 
     assert info.value.code == code
     if line:
         assert line in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (("--top_p", "2", "--do_sample"), "error: --top_p must be in (0, 1]"),
+        (("--temperature", "0"), "error: --temperature must be > 0"),
+        (("--num_beams", "0"), "error: --num_beams must be an integer >= 1"),
+        (("--run_name", "../../x"), "error: --run_name: '../../x' must be a single folder name"),
+    ],
+)
+def test_generation_flags_are_checked_before_any_model_loads(tmp_path, flags, line):
+    ev = write_eval(tmp_path / "test_case.json", n=1)
+    res = run_script(
+        GENERATE,
+        "--base_model",
+        tmp_path / "no-model-needed",
+        "--input_path",
+        ev,
+        "--output_path",
+        tmp_path / "out",
+        *flags,
+        timeout=120,
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith(line)
+    assert not (tmp_path / "out").exists()
