@@ -284,7 +284,11 @@ def _models(results: Sequence[dict[str, Any]]) -> list[str]:
 def _legend(results: Sequence[dict[str, Any]]) -> str:
     judges = sorted({r.get("judge") for r in results if r.get("judge")})
     used = sorted(
-        {(r.get("eval_task"), r.get("utility_metric")) for r in results if r.get("utility_metric")}
+        {
+            (r.get("eval_task"), r.get("utility_metric"))
+            for r in results
+            if r.get("utility_metric") and r.get("doc_kind") in BENIGN
+        }
     )
     many = any(c["n_runs"] > 1 for cells in aggregate(results).values() for c in cells.values())
     return (
@@ -295,7 +299,7 @@ def _legend(results: Sequence[dict[str, Any]]) -> str:
         "benign-sensitive `_useful`, cnn = news `_cnn` (over-refusal, lower is better). "
         "Utility on useful / cnn: "
         + (", ".join(f"{t} = {m}" for t, m in used) or "none")
-        + " (see README, Metrics)."
+        + " (chrf on a 0-100 scale, the others 0-1; see README, Utility metrics)."
     )
 
 
