@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.io import read_json, sha256_file, write_json
+from crossdefense.io import LOCK_FILE, read_json, sha256_file, write_json
 from crossdefense.mixture import DEFAULT_ALPACA, DEFAULT_SAFETY_PATH, mixture_name, normalize_grid
 from crossdefense.paths import DATA_DIR, REPO_ROOT
 from crossdefense.tasks import MIX, TASK_NAMES
@@ -753,6 +753,12 @@ def run_stage(
     status("start", stage, cell, total, f"gpu={where}  {d.action}: {d.reason}")
     start = time.monotonic()
     _remove(d.remove)
+    # The sweep owns this cell (its claim), so a writer lock here was left by an earlier attempt
+    # of the same stage, possibly on another node (a requeued SLURM task): release it.
+    lock = directory / LOCK_FILE
+    if lock.exists():
+        say(f"releasing {_rel(lock)} left by an earlier attempt of this cell")
+        lock.unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
     write_marker(directory, STARTED, d.config, stage=stage, command=shlex.join(d.command))
     try:
