@@ -41,7 +41,6 @@ import contextlib
 import csv
 import hashlib
 import json
-import logging
 import math
 import re
 from collections import Counter
@@ -64,8 +63,6 @@ from crossdefense.metrics import (
 )
 from crossdefense.paths import DATA_DIR, REPO_ROOT
 
-log = logging.getLogger(__name__)
-
 FORMAT = "crossdefense-learned-judge/1"
 JUDGE_DIR = DATA_DIR / "judge"
 DEFAULT_WEIGHTS = JUDGE_DIR / "learned_judge.json"
@@ -80,7 +77,7 @@ NGRAM_MAX = 3
 ROUND_DECIMALS = 6
 # Exported arrays keep this many significant digits: the regularised logistic loss has one
 # optimum, solved to a tight tolerance; rounding hides the last-bit differences another
-# machine's BLAS would make. Predictions move by ~1e-7.
+# machine's BLAS would make. Probabilities move by far less than 1e-5.
 EXPORT_DIGITS = 7
 # The fit embeds on the CPU with a fixed thread count: a GPU or another split of the sums
 # would change the last bits of the features.
