@@ -14,6 +14,7 @@ from typing import Any
 from crossdefense import UserError
 from crossdefense.data import Record, encode, read_eval_records
 from crossdefense.io import (
+    LOCK_FILE,
     append_jsonl,
     expand_paths,
     output_lock,
@@ -554,7 +555,12 @@ def run_generation(
         "load_4bit": load_4bit,
     }
     fingerprint = config_fingerprint(settings)
-    with output_lock(Path(output_path) / run_name, "generation"):
+    for path in input_paths:
+        read_eval_records(path)  # every eval file is valid before anything is written
+    suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""
+    # shards of one run write different files into one folder: one lock per shard
+    lock = f"{LOCK_FILE.removesuffix('.lock')}{suffix}.lock"
+    with output_lock(Path(output_path) / run_name, "generation", name=lock):
         return _generate(
             base_model=base_model,
             lora_weights=lora_weights,
@@ -604,7 +610,7 @@ def _generate(
     from crossdefense import modeling
     from crossdefense.io import run_metadata
 
-    suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""
+    suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""  # output names
     jobs = []
     for path in input_paths:
         records = read_eval_records(path)

@@ -224,15 +224,18 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def output_lock(directory: str | Path, what: str = "run"):
-    """One writer per output folder: an advisory lock file holding the writer's PID and host.
+def output_lock(directory: str | Path, what: str = "run", name: str = LOCK_FILE):
+    """One writer per output folder (or per `name` in it, e.g. per shard): an advisory lock
+    file holding the writer's PID and host.
 
     A second writer stops with one line naming the first; a lock left by a dead process on this
     host is reported and taken over (on another host it cannot be checked, so it is refused).
+    A folder the lock had to create is removed again if the work left it empty (a failure).
     """
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_FILE
+    path = directory / name
     me = {"pid": os.getpid(), "host": platform.node(), "started": _dt.datetime.now().isoformat()}
     for _ in range(2):
         try:
@@ -262,3 +265,5 @@ def output_lock(directory: str | Path, what: str = "run"):
         yield path
     finally:
         path.unlink(missing_ok=True)
+        if created and not any(directory.iterdir()):
+            directory.rmdir()

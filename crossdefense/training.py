@@ -285,19 +285,19 @@ def train(cfg: TrainConfig, flags: dict[str, Any] | None = None) -> TrainResult:
     from crossdefense.io import output_lock
 
     validate(cfg)
+    records = load_records(cfg.data_path)  # bad data fails before anything is written
     lock = output_lock(cfg.output_dir, "training") if is_main_process() else nullcontext()
     with lock:
-        return _train(cfg, flags)
+        return _train(cfg, records, flags)
 
 
-def _train(cfg: TrainConfig, flags: dict[str, Any] | None = None) -> TrainResult:
+def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None) -> TrainResult:
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
     from crossdefense import modeling
     from crossdefense.prompts import load_prompter, save_prompter
 
-    records = load_records(cfg.data_path)
     data_facts = train_data_facts(cfg.data_path, len(records))
     set_seed(cfg.seed)
     tokenizer = modeling.load_tokenizer(cfg.base_model, cfg.trust_remote_code)
