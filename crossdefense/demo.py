@@ -54,7 +54,7 @@ class DemoConfig:
     max_new_tokens: int = 32
     batch_size: int = 32
     seeds: tuple[int, ...] = (42,)  # one adapter per seed and N; the first seeds the data
-    judges: tuple[str, ...] = ("learned", "keyword")
+    judges: tuple[str, ...] = ("keyword", "learned")  # keyword reads this 135M model best (README)
     output_dir: str = str(EVALUATION_DIR / "demo")
     checkpoint_dir: str = str(CHECKPOINTS_DIR / "demo")
 

@@ -34,7 +34,7 @@ def main(
     max_new_tokens: int = 32,
     contrast: bool = False,
     seeds: int | str | tuple = 42,
-    judge: str | tuple = "learned,keyword",
+    judge: str | tuple = "keyword,learned",
     output_dir: str | None = None,
 ) -> None:
     """Base model vs summarize-defense LoRA(s) on the mini eval sets of all five tasks.
