@@ -525,6 +525,7 @@ def run_generation(
 ) -> list[Path]:
     """Validate everything, load the model once, then generate every eval file in turn."""
     from crossdefense import modeling
+    from crossdefense.io import run_metadata
     from crossdefense.prompts import load_prompter, stored_prompter
 
     run_name = path_component(run_name, "--run_name")
@@ -561,138 +562,88 @@ def run_generation(
     # shards of one run write different files into one folder: one lock per shard
     lock = f"{LOCK_FILE.removesuffix('.lock')}{suffix}.lock"
     with output_lock(Path(output_path) / run_name, "generation", name=lock):
-        return _generate(
-            base_model=base_model,
-            lora_weights=lora_weights,
-            input_paths=input_paths,
-            output_path=output_path,
-            run_name=run_name,
-            prompter=prompter,
-            settings=settings,
-            fingerprint=fingerprint,
-            cfg=cfg,
-            batch_size=batch_size,
-            load_8bit=load_8bit,
-            load_4bit=load_4bit,
-            trust_remote_code=trust_remote_code,
-            overwrite=overwrite,
-            num_shards=num_shards,
-            shard_index=shard_index,
-            skip_existing=skip_existing,
-            flags=flags,
+        jobs = []
+        for path in input_paths:
+            records = read_eval_records(path)
+            paths = output_paths(output_path, run_name, path, suffix)
+            if Path(path).resolve() in (paths.final.resolve(), paths.jsonl.resolve()):
+                raise UserError(
+                    f"{path}: the eval file is also this run's output; choose another "
+                    "--output_path or --run_name"
+                )
+            if paths.final.exists():
+                if skip_existing and _made_by(paths.final) == (fingerprint, sha256_file(path)):
+                    log.info("%s: done with the same settings and eval file, skipped", paths.final)
+                    continue
+                if not overwrite:
+                    raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
+            jobs.append((path, shard(records, num_shards, shard_index), paths))
+        if not jobs:
+            return []
+
+        tokenizer = modeling.load_tokenizer(base_model, trust_remote_code)
+        prompter.tokenizer = tokenizer
+        prompter.build("check", "")  # a chat template on a tokenizer without one fails here
+        model = modeling.load_base_model(base_model, load_8bit, load_4bit, trust_remote_code)
+        if lora_weights:
+            model = modeling.load_adapter(model, lora_weights)
+        model.eval()
+        meta_common = run_metadata(flags or {})
+        pooled: list[Record] = []
+        owner: list[int] = []  # which job each pooled record belongs to
+        rows_by_job: list[dict[str, dict]] = []
+        for j, (eval_path, records, paths) in enumerate(jobs):
+            if overwrite:
+                paths.jsonl.unlink(missing_ok=True)
+            done = load_done(paths.jsonl, fingerprint, records)
+            rows_by_job.append(done)
+            todo = [r for r in records if r.id not in done]
+            log.info("%s: %d records, %d already done", eval_path, len(records), len(done))
+            pooled.extend(todo)
+            owner.extend([j] * len(todo))
+
+        def keep(i: int, row: dict) -> None:
+            row = {**row, "config": fingerprint, "record_hash": record_hash(fingerprint, pooled[i])}
+            append_row(jobs[owner[i]][2].jsonl, row)
+            rows_by_job[owner[i]][row["id"]] = row
+
+        generate_records(
+            model,
+            tokenizer,
+            prompter,
+            pooled,
+            cfg,
+            batch_size,
+            on_result=keep,
             share_prefix=share_prefix,
         )
 
-
-def _generate(
-    *,
-    base_model: str,
-    lora_weights: str | None,
-    input_paths: list[Path],
-    output_path: str,
-    run_name: str,
-    prompter: Prompter,
-    settings: dict[str, Any],
-    fingerprint: str,
-    cfg: DecodingConfig,
-    batch_size: int,
-    load_8bit: bool,
-    load_4bit: bool,
-    trust_remote_code: bool,
-    overwrite: bool,
-    num_shards: int,
-    shard_index: int,
-    skip_existing: bool,
-    flags: dict[str, Any] | None,
-    share_prefix: bool,
-) -> list[Path]:
-    """The work of `run_generation`, under its lock on the run folder."""
-    from crossdefense import modeling
-    from crossdefense.io import run_metadata
-
-    suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""  # output names
-    jobs = []
-    for path in input_paths:
-        records = read_eval_records(path)
-        paths = output_paths(output_path, run_name, path, suffix)
-        if Path(path).resolve() in (paths.final.resolve(), paths.jsonl.resolve()):
-            raise UserError(
-                f"{path}: the eval file is also this run's output; choose another "
-                "--output_path or --run_name"
-            )
-        if paths.final.exists():
-            if skip_existing and _made_by(paths.final) == (fingerprint, sha256_file(path)):
-                log.info("%s: done with the same settings and eval file, skipped", paths.final)
-                continue
-            if not overwrite:
-                raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
-        jobs.append((path, shard(records, num_shards, shard_index), paths))
-    if not jobs:
-        return []
-
-    tokenizer = modeling.load_tokenizer(base_model, trust_remote_code)
-    prompter.tokenizer = tokenizer
-    prompter.build("check", "")  # a chat template on a tokenizer without one fails here
-    model = modeling.load_base_model(base_model, load_8bit, load_4bit, trust_remote_code)
-    if lora_weights:
-        model = modeling.load_adapter(model, lora_weights)
-    model.eval()
-    meta_common = run_metadata(flags or {})
-    pooled: list[Record] = []
-    owner: list[int] = []  # which job each pooled record belongs to
-    rows_by_job: list[dict[str, dict]] = []
-    for j, (eval_path, records, paths) in enumerate(jobs):
-        if overwrite:
-            paths.jsonl.unlink(missing_ok=True)
-        done = load_done(paths.jsonl, fingerprint, records)
-        rows_by_job.append(done)
-        todo = [r for r in records if r.id not in done]
-        log.info("%s: %d records, %d already done", eval_path, len(records), len(done))
-        pooled.extend(todo)
-        owner.extend([j] * len(todo))
-
-    def keep(i: int, row: dict) -> None:
-        row = {**row, "config": fingerprint, "record_hash": record_hash(fingerprint, pooled[i])}
-        append_row(jobs[owner[i]][2].jsonl, row)
-        rows_by_job[owner[i]][row["id"]] = row
-
-    generate_records(
-        model,
-        tokenizer,
-        prompter,
-        pooled,
-        cfg,
-        batch_size,
-        on_result=keep,
-        share_prefix=share_prefix,
-    )
-
-    parameters = {
-        "model": base_model,
-        "prompt_template": prompter.name,
-        "lora_weights": lora_weights,
-        "load_8bit": load_8bit,
-    }
-    run_meta = {
-        "run_name": run_name,
-        "model_name": modeling.short_model_name(base_model),
-        "train": train_facts(lora_weights),
-        "generation": {
-            **cfg.to_dict(),
-            "batch_size": batch_size,
-            "share_prefix": share_prefix,
-            "load_4bit": load_4bit,
-            "shard": [shard_index, num_shards],
-        },
-        "config_fingerprint": fingerprint,
-        **{k: meta_common[k] for k in ("command", "git_hash", "versions", "date")},
-    }
-    written = []
-    for (eval_path, records, paths), rows in zip(jobs, rows_by_job, strict=True):
-        metadata = {**run_meta, **eval_metadata(eval_path, records)}
-        write_json(paths.final, final_document(records, rows, parameters, metadata))
-        written.append(paths.final)
-    return written
+        parameters = {
+            "model": base_model,
+            "prompt_template": prompter.name,
+            "lora_weights": lora_weights,
+            "load_8bit": load_8bit,
+        }
+        run_meta = {
+            "run_name": run_name,
+            "model_name": modeling.short_model_name(base_model),
+            "train": train_facts(lora_weights),
+            "generation": {
+                **cfg.to_dict(),
+                "batch_size": batch_size,
+                "share_prefix": share_prefix,
+                "load_4bit": load_4bit,
+                "shard": [shard_index, num_shards],
+            },
+            "config_fingerprint": fingerprint,
+            **{k: meta_common[k] for k in ("command", "git_hash", "versions", "date")},
+        }
+        written = []
+        for (eval_path, records, paths), rows in zip(jobs, rows_by_job, strict=True):
+            metadata = {**run_meta, **eval_metadata(eval_path, records)}
+            write_json(paths.final, final_document(records, rows, parameters, metadata))
+            written.append(paths.final)
+        return written
 
 
 def _made_by(final: Path) -> tuple[str | None, str | None]:
