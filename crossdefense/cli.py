@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 def reject_unknown_flags(main: Callable, argv: list[str] | None = None) -> None:
@@ -27,6 +29,70 @@ def reject_unknown_flags(main: Callable, argv: list[str] | None = None) -> None:
             sys.exit(f"error: unknown flag --{name} (see --help)")
 
 
+def _kinds(annotation: Any) -> set[type]:
+    """The plain types an annotation admits (`str | tuple[str, ...] | None` -> str, tuple,
+    NoneType); empty when it says nothing checkable."""
+    import types
+    import typing
+
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return set()
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_kinds(a) for a in typing.get_args(annotation)))
+    if origin is not None:
+        return {origin} if isinstance(origin, type) else set()
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+def coerce_flag(name: str, value: Any, annotation: Any) -> Any:
+    """What fire parsed, checked against the parameter's annotation.
+
+    fire guesses types from the text: `--output_dir` with no value is True, `--run_name 2024`
+    an int, `--x a,b` a tuple, `--n abc` a string. A number where text is wanted becomes text
+    again; a missing value or a word where a number is wanted is a UserError naming the flag.
+    """
+    from crossdefense import UserError
+
+    kinds = _kinds(annotation)
+    if not kinds or type(value) in kinds or value is None:
+        return value
+    flag = f"--{name}"
+    if isinstance(value, bool):
+        if kinds & {str, tuple, list, float, int}:
+            raise UserError(f"{flag} needs a value")
+        return value
+    if isinstance(value, int | float) and str in kinds:
+        return str(value)
+    if isinstance(value, int) and float in kinds:
+        return value
+    if isinstance(value, tuple | list) and str in kinds and not kinds & {tuple, list}:
+        return ",".join(str(v) for v in value)
+    if int in kinds and not kinds & {float, str}:
+        raise UserError(f"{flag} must be an integer, not {value!r}")
+    if float in kinds and not kinds & {str}:
+        raise UserError(f"{flag} must be a number, not {value!r}")
+    return value
+
+
+def checked(main: Callable) -> Callable:
+    """`main` with every argument passed through `coerce_flag` before it runs."""
+    import functools
+    import typing
+
+    sig = inspect.signature(main)
+    hints = typing.get_type_hints(main)
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = sig.bind(*args, **kwargs)
+        for name in list(bound.arguments):
+            bound.arguments[name] = coerce_flag(name, bound.arguments[name], hints.get(name))
+        return main(*bound.args, **bound.kwargs)
+
+    return wrapper
+
+
 def run(main: Callable) -> None:
     """A fire script's entry point: unknown flags refused first, then ordinary failures end
     with one line and a status, never a traceback:
@@ -40,13 +106,15 @@ def run(main: Callable) -> None:
     from crossdefense import UserError
 
     reject_unknown_flags(main)
+    logging.getLogger("torch").setLevel(logging.WARNING)  # no cache statistics at exit
     try:
-        fire.Fire(main)
+        fire.Fire(checked(main))
     except UserError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print(
-            "\ninterrupted: finished work is kept; run the same command again to resume",
+            "\ninterrupted: finished work is kept (generation: run the same command again to "
+            "resume; training: add --resume_from_checkpoint <output_dir>/checkpoint-<step>)",
             file=sys.stderr,
         )
         sys.exit(130)

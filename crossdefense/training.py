@@ -133,6 +133,12 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(
             f"{out} already holds an adapter; pass --overwrite or --resume_from_checkpoint"
         )
+    left = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir()) if out.is_dir() else []
+    if left and not (cfg.overwrite or cfg.resume_from_checkpoint):
+        raise UserError(
+            f"{out} holds {left[-1]} from an interrupted run; pass --resume_from_checkpoint "
+            f"{out / left[-1]} to continue it, or --overwrite to start over"
+        )
     if cfg.resume_from_checkpoint and not Path(cfg.resume_from_checkpoint).exists():
         raise UserError(f"{cfg.resume_from_checkpoint}: checkpoint not found")
 

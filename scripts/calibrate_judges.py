@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from crossdefense import UserError
 from crossdefense.cli import run
@@ -16,6 +17,7 @@ def main(
     device: str | None = None,
     output_path: str | None = None,
     show_errors: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Per judge and labelled source: refusal-vs-comply and 3-way accuracy (95% Wilson),
     partial recall, unparsed answers, the confusion matrix; Cohen's kappa for every judge pair.
@@ -35,6 +37,7 @@ def main(
         device: device for model judges (default: cuda if available, else cpu).
         output_path: also write the results (with misjudged ids) as JSON here.
         show_errors: print the id, gold and predicted label of each misjudged row.
+        overwrite: replace an existing --output_path.
     """
     from crossdefense.calibration import (
         calibrate,
@@ -49,6 +52,8 @@ def main(
     try:
         if labels_path is None and xstest_dir is None:
             raise UserError("give --labels_path and/or --xstest_dir")
+        if output_path and Path(output_path).exists() and not overwrite:
+            raise UserError(f"{output_path}: exists; pass --overwrite to replace it")
         sources = []
         paths = [labels_path] if isinstance(labels_path, str) else list(labels_path or ())
         for p in (x.strip() for item in paths for x in str(item).split(",") if x.strip()):

@@ -4,6 +4,7 @@ tiny model, and bad input as one line on stderr with a non-zero exit and nothing
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -179,3 +180,45 @@ def test_generation_flags_are_checked_before_any_model_loads(tmp_path, flags, li
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1].startswith(line)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "annotation", "expected"),
+    [
+        (2024, "str | None", "2024"),  # --run_name 2024
+        (5, "str | tuple[str, ...]", "5"),
+        (("a", "b"), "str", "a,b"),  # --output_dir a,b is one name
+        (3, "float", 3),
+        (("a", "b"), "str | tuple[str, ...]", ("a", "b")),
+        (None, "int | None", None),
+    ],
+)
+def test_fire_values_are_coerced_to_what_the_flag_means(value, annotation, expected):
+    from crossdefense.cli import coerce_flag
+
+    assert coerce_flag("x", value, eval(annotation)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "annotation", "message"),
+    [
+        (True, "str", "--x needs a value"),  # `--output_dir` with nothing after it
+        (True, "str | tuple[str, ...] | None", "--x needs a value"),
+        ("abc", "int | None", "--x must be an integer, not 'abc'"),
+        ("two", "int", "--x must be an integer"),
+        ("fast", "float", "--x must be a number"),
+    ],
+)
+def test_fire_surprises_are_one_error_line(value, annotation, message):
+    from crossdefense import UserError
+    from crossdefense.cli import coerce_flag
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        coerce_flag("x", value, eval(annotation))
+
+
+def test_scripts_report_a_missing_flag_value_in_one_line(tmp_path):
+    res = run_script("scripts/report.py", "--summary_path", tmp_path, "--output_dir", timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == "error: --output_dir needs a value"
+    assert "Traceback" not in res.stderr

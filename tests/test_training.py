@@ -193,3 +193,10 @@ def test_response_only_loss_equals_the_model_loss(tiny_model_dir):
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(summed, expected / 2, atol=1e-5)
     assert out.logits.shape[1] < batch["input_ids"].shape[1]  # logits only for the tail
+
+
+def test_an_interrupted_run_is_not_silently_restarted(tiny_model_dir, tmp_path):
+    (tmp_path / "ckpt" / "checkpoint-50").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds checkpoint-50 from an interrupted run"):
+        train(config(tiny_model_dir, tmp_path))
+    assert (tmp_path / "ckpt" / "checkpoint-50").is_dir()  # nothing deleted
