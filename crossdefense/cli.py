@@ -27,6 +27,40 @@ def reject_unknown_flags(main: Callable, argv: list[str] | None = None) -> None:
             name = name[2:] if name[2:] in known else name
         if name.replace("-", "_") not in known:
             sys.exit(f"error: unknown flag --{name} (see --help)")
+    missing = missing_required(main, argv)
+    if missing:
+        sys.exit(f"error: missing --{missing} (see --help)")
+
+
+def missing_required(main: Callable, argv: list[str]) -> str | None:
+    """The first required parameter that neither a flag nor a positional value gives, as fire
+    would assign them (a `--flag` takes the next word as its value unless that is a flag);
+    fire itself would print its usage text instead of one line."""
+    if any(a in ("--help", "--helpfull", "-h") for a in argv):
+        return None
+    params = list(inspect.signature(main).parameters.values())
+    flagged, positional, i = set(), 0, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0].replace("-", "_")
+            flagged.add(
+                name[2:] if name.startswith("no") and name[2:] in {p.name for p in params} else name
+            )
+            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                i += 1  # its value
+        elif arg.startswith("-") and len(arg) == 2:
+            return None  # a fire short flag: leave the check to fire
+        else:
+            positional += 1
+        i += 1
+    open_params = [p for p in params if p.name not in flagged]
+    for k, p in enumerate(open_params):
+        if p.default is inspect.Parameter.empty and k >= positional:
+            return p.name
+    return None
 
 
 def _kinds(annotation: Any) -> set[type]:

@@ -222,3 +222,18 @@ def test_scripts_report_a_missing_flag_value_in_one_line(tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == "error: --output_dir needs a value"
     assert "Traceback" not in res.stderr
+
+
+def test_a_missing_required_flag_is_one_line():
+    from crossdefense.cli import missing_required
+
+    def main(input_path: str, run_a: str, run_b: str, judge: str | None = None) -> None: ...
+
+    assert missing_required(main, ["x.jsonl", "--run_a", "a", "--run_b", "b"]) is None
+    assert missing_required(main, ["x.jsonl", "a", "b"]) is None  # all positional
+    assert missing_required(main, ["--run_a", "a", "--run_b", "b"]) == "input_path"
+    assert missing_required(main, ["x.jsonl", "--judge", "k", "a"]) == "run_b"
+    assert missing_required(main, ["--help"]) is None
+    res = run_script("scripts/merge_shards.py", timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == ["error: missing --input_path (see --help)"]
