@@ -73,6 +73,8 @@ def read_json(path: str | Path) -> Any:
 def read_jsonl(path: str | Path) -> list[Any]:
     """Parse a JSON-lines file (blank lines ignored); errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a JSONL file")
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     rows = []
@@ -99,6 +101,8 @@ def read_json_or_jsonl(path: str | Path) -> Any:
 def atomic_open(path: str | Path, mode: str = "w"):
     """Write to a temp file beside `path` and rename it into place only on success."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -111,6 +115,9 @@ def atomic_open(path: str | Path, mode: str = "w"):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as e:  # name the file the user asked for, not the temp file
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -76,12 +76,27 @@ def expand_generation_paths(
         inside = ex is not None and ex in f.resolve().parents
         return f.suffix == ".json" and not inside and not SHARD_NAME.search(f.name)
 
-    return expand_paths(
-        input_path,
-        lambda d: sorted(d.glob("*.json")) or sorted(d.glob("*/*.json")),
-        "generation files (*.json)",
-        keep,
-    )
+    def in_dir(d: Path) -> list[Path]:
+        return sorted(d.glob("*.json")) or sorted(d.glob("*/*.json"))
+
+    try:
+        return expand_paths(input_path, in_dir, "generation files (*.json)", keep)
+    except UserError:
+        try:  # say why the files that are there do not count
+            raw = [f for f in expand_paths(input_path, in_dir, "files") if f.suffix == ".json"]
+        except UserError:
+            raw = []
+        if raw and all(SHARD_NAME.search(f.name) for f in raw):
+            raise UserError(
+                f"{input_path}: only unmerged shards (*.shardK-of-N.json); join them with "
+                "scripts/merge_shards.py first"
+            ) from None
+        if raw and ex is not None and all(ex in f.resolve().parents for f in raw):
+            raise UserError(
+                f"{input_path}: the generation files lie inside --output_dir {exclude}; "
+                "choose another --output_dir"
+            ) from None
+        raise
 
 
 @dataclass

@@ -584,3 +584,25 @@ def test_judge_model_flag_names_a_selected_model_judge():
         parse_judge_models("llm=x", ["keyword"])
     with pytest.raises(UserError, match="is not judge=model_dir_or_hub_id"):
         parse_judge_models("wildguard", ["wildguard"])
+
+
+def test_inputs_that_do_not_count_say_why(gen_root, tmp_path):
+    run = gen_root / "base"
+    with pytest.raises(UserError, match="lie inside --output_dir"):
+        expand_generation_paths(str(run), exclude=run)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "test_summarize.shard0-of-2.json").write_text("{}")
+    with pytest.raises(UserError, match="only unmerged shards.*merge_shards.py"):
+        expand_generation_paths(str(shards))
+
+
+def test_writes_and_reads_name_the_path_the_user_gave(tmp_path):
+    from crossdefense.io import read_jsonl, write_json
+
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(UserError, match="adir: is a directory; give a file name"):
+        write_json(tmp_path / "adir", {})
+    with pytest.raises(UserError, match="adir: is a directory, not a JSONL file"):
+        read_jsonl(tmp_path / "adir")
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"]  # no temp file left
