@@ -566,6 +566,11 @@ def run_generation(
         for path in input_paths:
             records = read_eval_records(path)
             paths = output_paths(output_path, run_name, path, suffix)
+            if paths.final.is_symlink() or paths.jsonl.is_symlink():
+                raise UserError(
+                    f"{paths.final.parent}: {paths.jsonl.name} or {paths.final.name} is a "
+                    "symbolic link; outputs are written only inside the run folder"
+                )
             if Path(path).resolve() in (paths.final.resolve(), paths.jsonl.resolve()):
                 raise UserError(
                     f"{path}: the eval file is also this run's output; choose another "

@@ -253,7 +253,9 @@ def output_lock(directory: str | Path, what: str = "run", name: str = LOCK_FILE)
             except (OSError, json.JSONDecodeError):
                 holder = {}
             pid, host = holder.get("pid"), holder.get("host")
-            if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+            # an empty lock: its writer died between creating and filling it (a microsecond)
+            dead = host is None and pid is None
+            if dead or (host == me["host"] and isinstance(pid, int) and not _alive(pid)):
                 import logging
 
                 logging.getLogger(__name__).warning(

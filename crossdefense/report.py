@@ -82,6 +82,12 @@ def load_results(paths: Sequence[Path]) -> list[dict[str, Any]]:
             missing = [k for k in ("run", "eval_stem", "model", "refusal_rate") if k not in r]
             if missing:
                 raise UserError(f"{path}: results[{i}] lacks {', '.join(missing)}")
+            n = r.get("num_defense")
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+                raise UserError(f"{path}: results[{i}] num_defense {n!r} is not an integer")
+            rate = r["refusal_rate"]
+            if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)):
+                raise UserError(f"{path}: results[{i}] refusal_rate {rate!r} is not a number")
             key = (r["run"], r["eval_stem"])
             if key in by_key:
                 log.warning("%s: %s/%s scored again; keeping this one", path, *key)

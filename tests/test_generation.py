@@ -456,3 +456,22 @@ def test_one_writer_per_run_folder(tiny_model_dir, tmp_path, caplog):
         (final,) = run(tiny_model_dir, [ev], tmp_path / "out")
     assert "stale lock of dead process" in caplog.text
     assert final.is_file() and not lock.exists()
+
+
+def test_an_empty_lock_is_taken_over_and_symlinked_outputs_are_refused(tiny_model_dir, tmp_path):
+    from crossdefense.io import LOCK_FILE
+
+    ev = write_eval(tmp_path / "test_summarize.json", n=1)
+    run_dir = tmp_path / "out" / "tiny"
+    run_dir.mkdir(parents=True)
+    (run_dir / LOCK_FILE).write_text("")  # killed between creating and filling the lock
+    (final,) = run(tiny_model_dir, [ev], tmp_path / "out")
+    assert final.is_file()
+    outside = tmp_path / "victim.txt"
+    outside.write_text("keep")
+    final.unlink()
+    final.with_suffix(".jsonl").unlink()
+    final.with_suffix(".jsonl").symlink_to(outside)
+    with pytest.raises(UserError, match="is a symbolic link"):
+        run(tiny_model_dir, [ev], tmp_path / "out")
+    assert outside.read_text() == "keep"

@@ -606,3 +606,13 @@ def test_writes_and_reads_name_the_path_the_user_gave(tmp_path):
     with pytest.raises(UserError, match="adir: is a directory, not a JSONL file"):
         read_jsonl(tmp_path / "adir")
     assert [p.name for p in tmp_path.iterdir()] == ["adir"]  # no temp file left
+
+
+def test_report_refuses_a_summary_with_a_non_integer_n(tmp_path):
+    from crossdefense.report import load_results
+
+    bad = tmp_path / "summary.json"
+    row = {"run": "r", "eval_stem": "s", "model": "m", "refusal_rate": 0.5, "num_defense": "two"}
+    bad.write_text(json.dumps({"results": [row]}))
+    with pytest.raises(UserError, match="num_defense 'two' is not an integer"):
+        load_results([bad])
