@@ -556,15 +556,14 @@ def run_generation(
         "load_4bit": load_4bit,
     }
     fingerprint = config_fingerprint(settings)
-    for path in input_paths:
-        read_eval_records(path)  # every eval file is valid before anything is written
+    # every eval file is read (and so validated) once, before anything is written
+    eval_records = [(path, read_eval_records(path)) for path in input_paths]
     suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""
     # shards of one run write different files into one folder: one lock per shard
     lock = f"{LOCK_FILE.removesuffix('.lock')}{suffix}.lock"
     with output_lock(Path(output_path) / run_name, "generation", name=lock):
         jobs = []
-        for path in input_paths:
-            records = read_eval_records(path)
+        for path, records in eval_records:
             paths = output_paths(output_path, run_name, path, suffix)
             if paths.final.is_symlink() or paths.jsonl.is_symlink():
                 raise UserError(

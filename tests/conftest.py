@@ -49,36 +49,14 @@ def tiny_corpus() -> list[str]:
 def build_tiny_llama(out: Path) -> Path:
     """A 2-layer Llama with a locally trained BPE tokenizer; saves in about a second."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    # Isolated newlines and split=True keep merges inside words (see cpu-stack notes).
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split("\n", "isolated"),
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
-        ]
-    )
-    tok.decoder = decoders.Sequence(
-        [
-            decoders.Replace("▁", " "),
-            decoders.ByteFallback(),
-            decoders.Fuse(),
-            decoders.Strip(" ", 1, 0),
-        ]
-    )
-    specials = ["<unk>", "<s>", "</s>", "<pad>"] + [f"<0x{i:02X}>" for i in range(256)]
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=specials, min_frequency=2, show_progress=False
-    )
-    tok.train_from_iterator(tiny_corpus(), trainer=trainer)
-    import json
+    from tests.helpers import train_bpe
 
-    m = json.loads(tok.to_str())["model"]
+    vocab, merges = train_bpe(tiny_corpus(), ["<unk>", "<s>", "</s>", "<pad>"], 1000)
     hf_tok = LlamaTokenizer(
-        vocab=m["vocab"],
-        merges=[tuple(x) for x in m["merges"]],
+        vocab=vocab,
+        merges=merges,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",

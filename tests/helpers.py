@@ -59,3 +59,28 @@ def run_script(
         text=True,
         timeout=timeout,
     )
+
+
+def train_bpe(texts: list[str], specials: list[str], vocab_size: int) -> tuple[dict, list]:
+    """(vocab, merges) of a byte-fallback BPE trained on `texts` in about a second: what the
+    tiny Llama-style tokenizers of the tests are made of. Isolated newlines and split=True keep
+    merges inside words (see the cpu-stack notes)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", "isolated"),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
+        ]
+    )
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials + bytes_,
+        min_frequency=2,
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    m = json.loads(tok.to_str())["model"]
+    return m["vocab"], [tuple(x) for x in m["merges"]]

@@ -200,33 +200,14 @@ def _corpus() -> list[str]:
 
 
 def _tokenizer(bos: str, eos: str, pad: str | None, chat_template: str | None):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaTokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split("\n", "isolated"),
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
-        ]
-    )
-    tok.decoder = decoders.Sequence(
-        [
-            decoders.Replace("▁", " "),
-            decoders.ByteFallback(),
-            decoders.Fuse(),
-            decoders.Strip(" ", 1, 0),
-        ]
-    )
-    specials = SPECIALS + LLAMA3_SPECIALS + [f"<0x{i:02X}>" for i in range(256)]
-    trainer = trainers.BpeTrainer(
-        vocab_size=1200, special_tokens=specials, min_frequency=2, show_progress=False
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    m = json.loads(tok.to_str())["model"]
+    from tests.helpers import train_bpe
+
+    vocab, merges = train_bpe(_corpus(), SPECIALS + LLAMA3_SPECIALS, 1200)
     hf = LlamaTokenizer(
-        vocab=m["vocab"],
-        merges=[tuple(x) for x in m["merges"]],
+        vocab=vocab,
+        merges=merges,
         unk_token="<unk>",
         bos_token=bos,
         eos_token=eos,
