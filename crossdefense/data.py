@@ -14,7 +14,7 @@ from typing import Any
 from crossdefense import UserError
 from crossdefense.io import read_json_or_jsonl
 from crossdefense.prompts import Prompter
-from crossdefense.tasks import split_prompt
+from crossdefense.tasks import check_kind, split_prompt
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -29,6 +29,10 @@ class Record:
     input: str = ""
     output: str | None = None
     reference: str | None = None
+    # eval records only: the document kind when the file declares it (`harmful`, `useful`,
+    # `xstest_safe`, ...) and a finer category (XSTest's `type`)
+    kind: str | None = None
+    category: str | None = None
 
 
 def _text_field(row: dict, key: str, where: str, required: bool = True) -> str:
@@ -65,9 +69,42 @@ def read_training_records(path: str | Path) -> list[Record]:
     return records
 
 
+def _xstest_kind(label: Any, where: str) -> str:
+    from crossdefense.xstest import SAFE, UNSAFE
+
+    if label not in ("safe", "unsafe"):
+        raise UserError(f"{where}: label {label!r} is neither safe nor unsafe")
+    return SAFE if label == "safe" else UNSAFE
+
+
+def _optional_list(data: dict, keys: tuple[str, ...], n: int, path: Path | str) -> list | None:
+    """The first of `keys` present: a list of n strings (or None)."""
+    for key in keys:
+        if data.get(key) is None:
+            continue
+        values = data[key]
+        if not isinstance(values, list) or len(values) != n:
+            raise UserError(f"{path}: {key!r} must be a list of {n} values, one per record")
+        if not all(v is None or isinstance(v, str) for v in values):
+            raise UserError(f"{path}: {key!r} must hold strings")
+        return values
+    return None
+
+
 def read_eval_records(path: str | Path) -> list[Record]:
     """Upstream's `{"instructions": [...], "inputs": [...]}` (inputs may be empty, optional
-    `ids`/`references`), or an Alpaca-style record list / JSONL (outputs ignored)."""
+    `ids`/`references`), an Alpaca-style record list / JSONL (outputs ignored), or XSTest's
+    prompts CSV.
+
+    A file may declare what its documents are: `doc_kind` for all of them, or per record
+    `kinds` (or XSTest's `labels`, safe/unsafe) and `types` (a finer category)."""
+    from crossdefense.xstest import is_xstest_csv, read_prompts
+
+    if is_xstest_csv(path):
+        return [
+            Record(r["id"], r["prompt"], kind=r["kind"], category=r["type"])
+            for r in read_prompts(path)
+        ]
     data = read_json_or_jsonl(path)
     if isinstance(data, dict):
         if "instructions" not in data:
@@ -85,13 +122,36 @@ def read_eval_records(path: str | Path) -> list[Record]:
             raise UserError(f"{path}: {len(instructions)} instructions but {len(inputs)} inputs")
         if len(ids) != len(instructions) or (refs is not None and len(refs) != len(instructions)):
             raise UserError(f"{path}: 'ids'/'references' length differs from 'instructions'")
+        n = len(instructions)
+        declared = data.get("doc_kind")
+        if declared is not None:
+            if not isinstance(declared, str):
+                raise UserError(f"{path}: 'doc_kind' must be a string")
+            declared = check_kind(declared, f"{path}: doc_kind")
+        kinds = _optional_list(data, ("kinds", "doc_kinds"), n, path)
+        labels = _optional_list(data, ("labels", "label"), n, path)
+        if kinds is None and labels is not None:
+            kinds = [_xstest_kind(x, f"{path}: record {i}") for i, x in enumerate(labels)]
+        if kinds is not None:
+            kinds = [
+                k if k is None else check_kind(k, f"{path}: record {i}")
+                for i, k in enumerate(kinds)
+            ]
+        types = _optional_list(data, ("types", "type"), n, path)
         records = []
         for i, instruction in enumerate(instructions):
             inp = inputs[i] if inputs else ""
             if not isinstance(instruction, str) or not isinstance(inp, str):
                 raise UserError(f"{path}: record {i}: instruction and input must be strings")
             records.append(
-                Record(str(ids[i]), instruction, inp, reference=refs[i] if refs else None)
+                Record(
+                    str(ids[i]),
+                    instruction,
+                    inp,
+                    reference=refs[i] if refs else None,
+                    kind=(kinds[i] if kinds else None) or declared,
+                    category=types[i] if types else None,
+                )
             )
         if len({r.id for r in records}) != len(records):
             raise UserError(f"{path}: duplicate ids")
@@ -104,16 +164,25 @@ def read_eval_records(path: str | Path) -> list[Record]:
             where = f"{path}: record {i}"
             if not isinstance(row, dict):
                 raise UserError(f"{where}: expected an object, got {type(row).__name__}")
+            kind = row.get("kind", row.get("doc_kind"))
+            if kind is None and row.get("label") is not None:
+                kind = _xstest_kind(row["label"], where)
+            category = row.get("type")
+            for key, value in (("kind", kind), ("type", category)):
+                if value is not None and not isinstance(value, str):
+                    raise UserError(f"{where}: field {key!r} must be a string")
+            kind = None if kind is None else check_kind(kind, where)
             records.append(
                 Record(
                     id=str(row.get("id", i)),
                     instruction=_text_field(row, "instruction", where),
                     input=_text_field(row, "input", where, required=False),
                     reference=row.get("reference"),
+                    kind=kind,
+                    category=category,
                 )
             )
         return records
-    raise UserError(f"{path}: expected an object with 'instructions' or a list of records")
 
 
 @dataclass

@@ -97,8 +97,12 @@ class DecodingConfig:
 
 
 def expand_inputs(input_path: str | list[str] | tuple[str, ...]) -> list[Path]:
-    """A file, a directory (its *.json), a glob, or several of these."""
-    return expand_paths(input_path, lambda d: sorted(d.glob("*.json")), "evaluation files")
+    """A file, a directory (its *.json and XSTest *.csv), a glob, or several of these."""
+    return expand_paths(
+        input_path,
+        lambda d: sorted([*d.glob("*.json"), *d.glob("*.csv")]),
+        "evaluation files (*.json, *.csv)",
+    )
 
 
 def eval_task(records: list[Record]) -> str | None:
@@ -488,8 +492,25 @@ def final_document(
     }
     if any(r.reference is not None for r in records):
         doc["references"] = [r.reference for r in records]
+    if any(r.kind is not None for r in records):
+        doc["kinds"] = [r.kind for r in records]
+    if any(r.category is not None for r in records):
+        doc["types"] = [r.category for r in records]
     doc["metadata"] = metadata
     return doc
+
+
+def file_kind(eval_path: Path, records: list[Record]) -> str | None:
+    """The document kind a file declares (one kind, or `xstest` for XSTest's mix of safe and
+    unsafe prompts, `mixed` for another mix), else the kind its name implies."""
+    from crossdefense.xstest import FILE_KIND, KINDS
+
+    kinds = {r.kind for r in records} - {None}
+    if not kinds:
+        return doc_kind(eval_path.stem)
+    if len(kinds) == 1:
+        return kinds.pop()
+    return FILE_KIND if kinds <= set(KINDS) else "mixed"
 
 
 def eval_metadata(eval_path: Path, records: list[Record]) -> dict[str, Any]:
@@ -498,7 +519,7 @@ def eval_metadata(eval_path: Path, records: list[Record]) -> dict[str, Any]:
         "eval_stem": eval_path.stem,
         "eval_sha256": sha256_file(eval_path),
         "eval_task": eval_task(records),
-        "doc_kind": doc_kind(eval_path.stem),
+        "doc_kind": file_kind(eval_path, records),
         "n_records": len(records),
     }
 

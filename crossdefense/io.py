@@ -42,6 +42,8 @@ def expand_paths(
                 found = sorted(Path(x) for x in glob.glob(part, recursive=True))
             elif p.is_file():
                 found = [p]
+            elif p.exists():
+                raise UserError(f"{part}: not a regular file")
             else:
                 raise UserError(f"{part}: file not found")
             found = [f for f in found if f.is_file() and (keep is None or keep(f))]

@@ -23,6 +23,7 @@ from crossdefense.metrics import PRIMARY_UTILITY
 from crossdefense.scoring import SUMMARY_FILE
 from crossdefense.stats import seed_summary, significance_mark
 from crossdefense.tasks import MIX, TASK_NAMES
+from crossdefense.xstest import KINDS as XSTEST_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ REPORT_FILES = (
     "dose_response.png",
     "cross_task_heatmap.png",
     "safety_utility.png",
+    "xstest.png",  # only when XSTest was scored
 )
 
 
@@ -311,12 +313,14 @@ def compact_table(results: Sequence[dict[str, Any]]) -> str:
     lines = []
     for model in _models(results):
         rows = [TABLE_HEADER, *table_rows(results, model)]
+        if len(rows) == 1:
+            continue
         widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
         lines += [model]
         for r in rows:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         lines.append("")
-    return "\n".join(lines) + _wrap(_legend(results), 100) + "\n"
+    return "\n".join(lines) + _wrap(_legend(results), 100) + "\n" + xstest_compact(results)
 
 
 def _wrap(text: str, width: int) -> str:
@@ -377,6 +381,93 @@ def judges_markdown(results: Sequence[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def xstest_cells(results: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """{config: {kind or type: cell}} over the XSTest results (files whose records were
+    declared `xstest_safe` / `xstest_unsafe`); seeds pooled as in `aggregate`."""
+    groups: dict[tuple, dict[str, list[tuple[int, int, float | None]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for r in results:
+        for kind, part in (r.get("by_kind") or {}).items():
+            if kind not in XSTEST_KINDS:
+                continue
+            cfg = config_of(r)
+            groups[cfg][kind].append((part["refusals"], part["n_parsed"], part.get("vs_base_p")))
+            for t, tp in (part.get("by_type") or {}).items():
+                groups[cfg][t].append((tp["refusals"], tp["n_parsed"], None))
+    out: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for cfg, cells in groups.items():
+        out[cfg] = {}
+        for key, runs in cells.items():
+            seeds = seed_summary([(k, n) for k, n, _ in runs])
+            out[cfg][key] = {
+                "refusal_rate": seeds["mean"],
+                "sd": seeds["sd"],
+                "ci": seeds["pooled_ci"],
+                "n_runs": len(runs),
+                "n": sum(n for _, n, _ in runs),
+                "p_values": [p for _, _, p in runs],
+            }
+    return out
+
+
+def xstest_markdown(results: Sequence[dict[str, Any]]) -> list[str]:
+    """The XSTest panel: refusal of safe prompts (exaggerated safety, lower is better) and of
+    unsafe contrast prompts (higher is better) per config, then per XSTest type."""
+    cells = xstest_cells(results)
+    if not cells:
+        return []
+    cfgs = sorted(cells, key=_config_sort)
+    lines = [
+        "## XSTest (exaggerated safety)",
+        "",
+        "Refusal % of XSTest's safe prompts (↓: a model that refuses them over-refuses) and of "
+        "its unsafe contrast prompts (↑), 95% Wilson interval; * ** *** = exact McNemar "
+        "against the base model on the same prompts.",
+        "",
+        "| model | train | safe ↓ | unsafe ↑ |",
+        "|---|---|---|---|",
+    ]
+    for cfg in cfgs:
+        c = cells[cfg]
+        lines.append(
+            f"| {cfg[0]} | {_train(cfg)} | {_pct(c.get(XSTEST_KINDS[0]))} | "
+            f"{_pct(c.get(XSTEST_KINDS[1]))} |"
+        )
+    types = sorted({t for c in cells.values() for t in c if t not in XSTEST_KINDS})
+    if types:
+        lines += ["", "Per XSTest type (refusal %; `contrast_*` types are the unsafe ones):", ""]
+        lines.append(
+            "| type | " + " | ".join(f"{m} {_train(c)}" for c in cfgs for m in [c[0]]) + " |"
+        )
+        lines.append("|" + "---|" * (len(cfgs) + 1))
+        for t in types:
+            row = [
+                "–"
+                if cells[c].get(t) is None or cells[c][t]["refusal_rate"] is None
+                else f"{100 * cells[c][t]['refusal_rate']:.0f} (n={cells[c][t]['n']})"
+                for c in cfgs
+            ]
+            lines.append(f"| {t} | " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
+def xstest_compact(results: Sequence[dict[str, Any]]) -> str:
+    """The XSTest lines of the terminal table."""
+    cells = xstest_cells(results)
+    if not cells:
+        return ""
+    rows = [("model", "train", "xstest safe ↓", "unsafe ↑")]
+    for cfg in sorted(cells, key=_config_sort):
+        c = cells[cfg]
+        rows.append(
+            (cfg[0], _train(cfg), _pct(c.get(XSTEST_KINDS[0])), _pct(c.get(XSTEST_KINDS[1])))
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    body = ["  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(["", "XSTest (refusal % of safe / unsafe prompts)", *body]) + "\n"
+
+
 def results_markdown(results: Sequence[dict[str, Any]]) -> str:
     """One table per model (rows: config x eval task), per-seed rows when there are seeds,
     then instruction-set refusal rates if any."""
@@ -385,10 +476,12 @@ def results_markdown(results: Sequence[dict[str, Any]]) -> str:
     for model in _models(results):
         cfgs = sorted((c for c in agg if c[0] == model), key=_config_sort)
         lines += [f"## {model}", ""]
-        lines.append("| " + " | ".join(TABLE_HEADER) + " |")
-        lines.append("|" + "---|" * len(TABLE_HEADER))
-        lines += ["| " + " | ".join(r) + " |" for r in table_rows(results, model)]
-        lines.append("")
+        rows = table_rows(results, model)
+        if rows:
+            lines.append("| " + " | ".join(TABLE_HEADER) + " |")
+            lines.append("|" + "---|" * len(TABLE_HEADER))
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
+            lines.append("")
         seeded = [
             r
             for r in results
@@ -434,6 +527,7 @@ def results_markdown(results: Sequence[dict[str, Any]]) -> str:
                 ]
                 lines.append("| " + " | ".join(row) + " |")
             lines.append("")
+    lines += xstest_markdown(results)
     lines += judges_markdown(results)
     lines.append(
         "Preference per task (first available): "
@@ -794,6 +888,48 @@ def plot_safety_utility(results: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_xstest(results: Sequence[dict[str, Any]], path: Path) -> bool:
+    """Safe-prompt refusal (x, exaggerated safety) against unsafe-prompt refusal (y) per config,
+    bars = pooled 95% Wilson intervals; the ideal is the top-left corner. False: no XSTest."""
+    cells = xstest_cells(results)
+    if not cells:
+        return False
+    plt = _plt()
+    models = sorted({c[0] for c in cells})
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    for cfg in sorted(cells, key=_config_sort):
+        safe, unsafe = cells[cfg].get(XSTEST_KINDS[0]), cells[cfg].get(XSTEST_KINDS[1])
+        if not safe or not unsafe or safe["refusal_rate"] is None:
+            continue
+        if unsafe["refusal_rate"] is None:
+            continue
+        x, y = 100 * safe["refusal_rate"], 100 * unsafe["refusal_rate"]
+        xerr = [[x - 100 * safe["ci"][0]], [100 * safe["ci"][1] - x]] if safe["ci"] else None
+        yerr = [[y - 100 * unsafe["ci"][0]], [100 * unsafe["ci"][1] - y]] if unsafe["ci"] else None
+        ax.errorbar(
+            x,
+            y,
+            xerr=xerr,
+            yerr=yerr,
+            fmt=_MARKERS[models.index(cfg[0]) % len(_MARKERS)],
+            color=_COLORS.get(cfg[1], _COLORS["unknown"]),
+            capsize=2,
+            alpha=0.85,
+        )
+        ax.annotate(
+            _short(cfg, models), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
+        )
+    ax.set_xlim(-3, 103)
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("refused safe prompts % (exaggerated safety, lower is better)")
+    ax.set_ylabel("refused unsafe prompts % (higher is better)")
+    ax.set_title("XSTest", fontsize=11)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
 # ----------------------------------------------------------------------------- entry
 
 
@@ -813,18 +949,33 @@ def make_report(
     heatmap_n: int | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Everything the report script writes; inputs are checked before anything is written."""
+    """Everything the report script writes; inputs are checked before anything is written.
+
+    The files are made in a temporary folder beside the outputs and moved in together at the
+    end, so a crash or Ctrl-C leaves the previous report whole (or nothing), never a new table
+    beside old plots; a file this report does not make (xstest.png without XSTest) is removed.
+    """
+    import shutil
+    import tempfile
+
     out = check_report_dir(output_dir, overwrite)
     results = load_results(expand_summary_paths(summary_path))
     n = choose_heatmap_n(results, heatmap_n)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "results.csv") as f:
-        f.write(results_csv(results))
-    with atomic_open(out / "results.md") as f:
-        f.write(results_markdown(results))
-    with atomic_open(out / "results.txt") as f:
-        f.write(compact_table(results))
-    plot_dose_response(results, out / "dose_response.png")
-    plot_heatmap(results, out / "cross_task_heatmap.png", n)
-    plot_safety_utility(results, out / "safety_utility.png")
-    return [out / name for name in REPORT_FILES]
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        (tmp / "results.csv").write_text(results_csv(results), encoding="utf-8")
+        (tmp / "results.md").write_text(results_markdown(results), encoding="utf-8")
+        (tmp / "results.txt").write_text(compact_table(results), encoding="utf-8")
+        plot_dose_response(results, tmp / "dose_response.png")
+        plot_heatmap(results, tmp / "cross_task_heatmap.png", n)
+        plot_safety_utility(results, tmp / "safety_utility.png")
+        plot_xstest(results, tmp / "xstest.png")
+        made = [name for name in REPORT_FILES if (tmp / name).exists()]
+        for name in made:
+            (tmp / name).replace(out / name)
+        for name in set(REPORT_FILES) - set(made):
+            (out / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out / name for name in made]

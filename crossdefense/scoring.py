@@ -46,7 +46,6 @@ SUMMARY_FILE = "summary.json"
 # 2: Wilson intervals (was a percentile bootstrap), `unparsed` labels, judge agreement,
 #    paired McNemar tests against the base model, a `seed` fact.
 SCHEMA_VERSION = 2
-DOC_KINDS = ("harmful", "cnn", "useful", "instructions")
 
 # Upstream names runs after their mixture, e.g. `..._Instructions_100_500_summrize` (sic).
 _RUN_RE = re.compile(
@@ -111,6 +110,11 @@ class GenerationFile:
     facts: dict[str, Any]
     inferred_from: dict[str, str]
     parameters: dict[str, Any] = field(default_factory=dict)
+    kinds: list[str | None] | None = None  # per-record document kinds the eval file declared
+    types: list[str | None] | None = None  # per-record categories (XSTest's `type`)
+
+    def record_kind(self, k: int) -> str | None:
+        return self.kinds[k] if self.kinds and self.kinds[k] else self.facts["doc_kind"]
 
     @property
     def key(self) -> tuple[str, str]:
@@ -165,6 +169,8 @@ def load_generation(path: str | Path) -> GenerationFile:
         if data.get("references") is not None
         else [None] * n
     )
+    kinds = _str_list(data, "kinds", path, n, allow_none=True) if data.get("kinds") else None
+    types = _str_list(data, "types", path, n, allow_none=True) if data.get("types") else None
     metadata = data.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise UserError(f"{path}: 'metadata' is not an object")
@@ -179,6 +185,8 @@ def load_generation(path: str | Path) -> GenerationFile:
         facts=facts,
         inferred_from={**inferred, "ids": "file" if ids is not None else "position"},
         parameters=parameters,
+        kinds=kinds,
+        types=types,
     )
 
 
@@ -384,7 +392,8 @@ def score_files(
                     "eval_stem": gf.facts["eval_stem"],
                     "id": rid,
                     "eval_task": task,
-                    "doc_kind": gf.facts["doc_kind"],
+                    "doc_kind": gf.record_kind(k),
+                    **({"type": gf.types[k]} if gf.types else {}),
                     "refusal_label": verdicts[primary][k].label,
                     "judges": {
                         name: {
@@ -456,10 +465,12 @@ def add_paired_tests(rows: Sequence[dict[str, Any]], results: list[dict[str, Any
     """For every adapter run, an exact McNemar test of its refusals against the base model's
     (same model, same eval file, the same documents by id), per judge: `vs_base`."""
     labels: dict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(dict)
+    kinds: dict[tuple[str, str], dict[str, str | None]] = defaultdict(dict)
     for r in rows:
         labels[(r["run"], r["eval_stem"])][r["id"]] = {
             name: v["label"] for name, v in r["judges"].items()
         }
+        kinds[(r["run"], r["eval_stem"])][r["id"]] = r.get("doc_kind")
     bases = {
         (r.get("model"), r["eval_stem"]): r["run"] for r in results if r.get("train_task") == "none"
     }
@@ -488,6 +499,17 @@ def add_paired_tests(rows: Sequence[dict[str, Any]], results: list[dict[str, Any
         res["vs_base"] = {"run": base, "test": "exact McNemar, refusal vs not", "judges": tests}
         head = tests.get(res["judge"])
         res["vs_base_p"] = head["p_value"] if head else None
+        for kind, part in (res.get("by_kind") or {}).items():
+            ids = [i for i in shared if kinds[(res["run"], res["eval_stem"])].get(i) == kind]
+            pairs = [
+                (mine[i][res["judge"]] == REFUSAL, theirs[i][res["judge"]] == REFUSAL)
+                for i in ids
+                if UNPARSED not in (mine[i][res["judge"]], theirs[i][res["judge"]])
+            ]
+            if pairs:
+                part["vs_base_p"] = mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])[
+                    "p_value"
+                ]
 
 
 def summarize_file(
@@ -521,6 +543,7 @@ def summarize_file(
         counts["bleu_corpus"] = counts["chrf_corpus"] = len(pairs)
     utility_metric, utility = primary_utility(gf.facts["eval_task"], means)
     head = per_judge[primary]
+    extra = {"by_kind": by_kind(gf, verdicts, judges)} if gf.kinds or gf.types else {}
     return {
         **gf.facts,
         "generation_file": str(gf.path),
@@ -540,7 +563,40 @@ def summarize_file(
         "metric_counts": counts,
         "utility_metric": utility_metric,
         "utility": utility,
+        **extra,
     }
+
+
+def by_kind(
+    gf: GenerationFile, verdicts: dict[str, list], judges: Sequence[Judge]
+) -> dict[str, dict[str, Any]]:
+    """Rates per declared document kind (e.g. XSTest's safe and unsafe prompts), each with its
+    Wilson interval, every judge's rates, and the headline judge's rate per type."""
+    primary = judges[0].name
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k in range(len(gf.outputs)):
+        groups[gf.record_kind(k) or "unknown"].append(k)
+    out: dict[str, dict[str, Any]] = {}
+    for kind, idx in sorted(groups.items()):
+        head = _rates([verdicts[primary][k].label for k in idx])
+        part: dict[str, Any] = {
+            "n": len(idx),
+            "refusal_rate": head["refusal_rate"],
+            "refusal_ci": head["refusal_ci"],
+            "refusals": head["refusals"],
+            "n_parsed": head["n_parsed"],
+            "judges": {j.name: _rates([verdicts[j.name][k].label for k in idx]) for j in judges},
+        }
+        if gf.types:
+            types: dict[str, list[int]] = defaultdict(list)
+            for k in idx:
+                types[gf.types[k] or "unknown"].append(k)
+            part["by_type"] = {
+                t: {"n": len(ks), **_rates([verdicts[primary][k].label for k in ks])}
+                for t, ks in sorted(types.items())
+            }
+        out[kind] = part
+    return out
 
 
 def compare_runs(
@@ -597,7 +653,17 @@ def format_result_line(r: dict[str, Any]) -> str:
     p = r.get("vs_base_p")
     test = f" vs base p={p:.3g}" if p is not None else ""
     util = f" {r['utility_metric']}={r['utility']:.3g}" if r.get("utility") is not None else ""
-    return f"{r['run']}/{r['eval_stem']}: n={r['n']} refusal {' '.join(parts)}{test}{util}"
+    kinds = ""
+    if len(r.get("by_kind") or {}) > 1:
+        kinds = (
+            " ("
+            + ", ".join(
+                f"{kind} {_pct(part['refusal_rate'])} of {part['n']}"
+                for kind, part in r["by_kind"].items()
+            )
+            + f", {r['judge']})"
+        )
+    return f"{r['run']}/{r['eval_stem']}: n={r['n']} refusal {' '.join(parts)}{test}{util}{kinds}"
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool) -> tuple[Path, Path]:

@@ -56,6 +56,21 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+# What an eval file's documents are. `cnn` is news (upstream's `_cnn` files), `useful` benign but
+# sensitive; the XSTest kinds are per prompt. A file may declare its kind (`doc_kind`).
+DOC_KINDS = ("harmful", "cnn", "useful", "instructions", "xstest_safe", "xstest_unsafe")
+KIND_ALIASES = {"news": "cnn", "benign": "useful", "benign_sensitive": "useful"}
+
+
+def check_kind(kind: str, where: str) -> str:
+    """A declared document kind, aliases resolved; an unknown one is an error."""
+    kind = KIND_ALIASES.get(kind, kind)
+    if kind not in DOC_KINDS:
+        known = ", ".join((*DOC_KINDS, *KIND_ALIASES))
+        raise UserError(f"{where}: unknown document kind {kind!r}; expected one of {known}")
+    return kind
+
+
 def doc_kind(eval_stem: str) -> str | None:
     """Document kind from upstream's eval file names: `test_{task}` harmful, `*_cnn` news,
     `*_useful` benign but sensitive, `I-*`/`Q-*` the safety-tuned-llamas instruction sets."""

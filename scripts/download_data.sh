@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Fetch upstream's evaluation files and safety pool into data/upstream/{evaluation,training}/,
-# checking each file's sha256 against data/upstream_sha256.txt before moving it into place.
+# Fetch upstream's evaluation files and safety pool into data/upstream/{evaluation,training}/ and
+# XSTest (prompts + three models' human-labelled completions) into data/xstest/, checking each
+# file's sha256 against data/upstream_sha256.txt / data/xstest_sha256.txt before moving it in.
 #
 #   scripts/download_data.sh                    # from GitHub (pinned commits)
-#   scripts/download_data.sh --source DIR       # copy from a local mirror with the same layout
-#   scripts/download_data.sh --dest DIR         # write somewhere else than data/upstream/
+#   scripts/download_data.sh --source DIR       # copy upstream files from a local mirror
+#   scripts/download_data.sh --xstest_source DIR  # copy XSTest from a local mirror
+#   scripts/download_data.sh --dest DIR         # write upstream files elsewhere than data/upstream/
+#   scripts/download_data.sh --xstest_dest DIR  # write XSTest elsewhere than data/xstest/
+#   scripts/download_data.sh --no_xstest        # skip XSTest
 #   scripts/download_data.sh --extras           # also the online extras (see below)
 #
 # Files already present with the right hash are skipped, so a second run is a no-op. A failed
 # download or a checksum mismatch stops with a one-line error and leaves no partial file.
-# The file list is the checksum file itself. URLs can be overridden through the environment:
+# The file lists are the checksum files themselves. URLs can be overridden through the environment:
 #   UPSTREAM_BASE  FYYFU/safety-defense data folder (21 evaluation files + the safety pool)
 #   QHARM_URL      Q-Harm.json, which comes from vinid/safety-tuned-llamas
+#   XSTEST_BASE    paul-rottger/exaggerated-safety at a pinned commit (XSTest, CC BY 4.0)
 # --extras runs scripts/fetch_extras.py (needs the network and the `datasets` package) and writes
 # into data/external/ (or --extras-dest DIR): alpaca_cleaned.json, beavertails_30k_unsafe.jsonl,
 # cnn_references/test_*_cnn.json. Its python is $PYTHON, else .venv/bin/python, else python3.
@@ -19,16 +24,22 @@ set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 checksums="$repo_root/data/upstream_sha256.txt"
+xstest_checksums="$repo_root/data/xstest_sha256.txt"
 raw="https://raw.githubusercontent.com"
 upstream_commit="b0c610c309fba211e4aa71279affaf06084a3201"  # FYYFU/safety-defense
 qharm_commit="347bea9eaeb8cd82214fe604f1f9b1b134acd869"     # vinid/safety-tuned-llamas
 upstream_data="instruction-llms-safety-eval/data"
 UPSTREAM_BASE="${UPSTREAM_BASE:-$raw/FYYFU/safety-defense/$upstream_commit/$upstream_data}"
 QHARM_URL="${QHARM_URL:-$raw/vinid/safety-tuned-llamas/$qharm_commit/data/evaluation/Q-Harm.json}"
+xstest_commit="d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d"  # paul-rottger/exaggerated-safety
+XSTEST_BASE="${XSTEST_BASE:-$raw/paul-rottger/exaggerated-safety/$xstest_commit}"
 
 dest="$repo_root/data/upstream"
 extras_dest="$repo_root/data/external"
+xstest_dest="$repo_root/data/xstest"
 source_dir=""
+xstest_source=""
+xstest=1
 extras=0
 tmp=""
 
@@ -69,13 +80,26 @@ fetch() {
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --source) [[ $# -ge 2 ]] || die "--source needs a directory"; source_dir="$2"; shift 2 ;;
+    --source) [[ $# -ge 2 && "$2" != -* ]] || die "--source needs a directory"; source_dir="$2"; shift 2 ;;
     --source=*) source_dir="${1#*=}"; shift ;;
-    --dest) [[ $# -ge 2 ]] || die "--dest needs a directory"; dest="$2"; shift 2 ;;
+    --dest) [[ $# -ge 2 && "$2" != -* ]] || die "--dest needs a directory"; dest="$2"; shift 2 ;;
     --dest=*) dest="${1#*=}"; shift ;;
+    --xstest_source | --xstest-source)
+      [[ $# -ge 2 && "$2" != -* ]] || die "$1 needs a directory"
+      xstest_source="$2"
+      shift 2
+      ;;
+    --xstest_source=* | --xstest-source=*) xstest_source="${1#*=}"; shift ;;
+    --xstest_dest | --xstest-dest)
+      [[ $# -ge 2 && "$2" != -* ]] || die "$1 needs a directory"
+      xstest_dest="$2"
+      shift 2
+      ;;
+    --xstest_dest=* | --xstest-dest=*) xstest_dest="${1#*=}"; shift ;;
+    --no_xstest | --no-xstest) xstest=0; shift ;;
     --extras) extras=1; shift ;;
     --extras-dest)
-      [[ $# -ge 2 ]] || die "--extras-dest needs a directory"
+      [[ $# -ge 2 && "$2" != -* ]] || die "--extras-dest needs a directory"
       extras_dest="$2"
       shift 2
       ;;
@@ -85,47 +109,56 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-[[ -f "$checksums" ]] || die "$checksums: checksum list not found"
-if [[ -n "$source_dir" && ! -d "$source_dir" ]]; then
-  die "--source $source_dir: not a directory"
+# fetch_list CHECKSUMS DEST SOURCE_DIR BASE_URL FLAG: every file of a checksum list into DEST,
+# from SOURCE_DIR (a local mirror with the same layout, given as FLAG) or from BASE_URL/<path>.
+fetch_list() {
+  local list="$1" into="$2" mirror="$3" base="$4" flag="$5"
+  local fetched=0 skipped=0 expected rel target origin actual
+  [[ -f "$list" ]] || die "$list: checksum list not found"
+  while read -r expected rel; do
+    [[ -n "$expected" ]] || continue
+    [[ "$expected" =~ ^[0-9a-f]{64}$ && -n "$rel" ]] ||
+      die "$list: malformed line: $expected $rel"
+    target="$into/$rel"
+    if [[ -f "$target" ]]; then
+      if [[ "$(sha256 "$target")" == "$expected" ]]; then
+        skipped=$((skipped + 1))
+        continue
+      fi
+      echo "replacing $target (its sha256 does not match)" >&2
+    fi
+    mkdir -p -- "$(dirname -- "$target")"
+    # The temp file sits beside the target so the final mv is an atomic rename.
+    tmp="$(mktemp "$(dirname -- "$target")/.$(basename -- "$rel").XXXXXX")"
+    if [[ -n "$mirror" ]]; then
+      [[ -f "$mirror/$rel" ]] || die "$mirror/$rel: not found in the $flag mirror"
+      cp -- "$mirror/$rel" "$tmp" 2>/dev/null || die "could not copy $mirror/$rel"
+      origin="$mirror/$rel"
+    else
+      origin="$base/$rel"
+      if [[ "$rel" == */Q-Harm.json ]]; then origin="$QHARM_URL"; fi
+      fetch "$origin" "$tmp"
+    fi
+    actual="$(sha256 "$tmp")"
+    [[ "$actual" == "$expected" ]] ||
+      die "checksum mismatch for $rel from $origin: expected $expected, got $actual"
+    chmod 644 "$tmp"
+    mv -f -- "$tmp" "$target"
+    tmp=""
+    fetched=$((fetched + 1))
+  done <"$list"
+  echo "$into: $fetched file(s) fetched, $skipped already present, all sha256 verified"
+}
+
+if [[ -n "$source_dir" && ! -d "$source_dir" ]]; then die "--source $source_dir: not a directory"; fi
+if [[ -n "$xstest_source" && ! -d "$xstest_source" ]]; then
+  die "--xstest_source $xstest_source: not a directory"
 fi
 
-fetched=0
-skipped=0
-while read -r expected rel; do
-  [[ -n "$expected" ]] || continue
-  [[ "$expected" =~ ^[0-9a-f]{64}$ && -n "$rel" ]] ||
-    die "$checksums: malformed line: $expected $rel"
-  target="$dest/$rel"
-  if [[ -f "$target" ]]; then
-    if [[ "$(sha256 "$target")" == "$expected" ]]; then
-      skipped=$((skipped + 1))
-      continue
-    fi
-    echo "replacing $target (its sha256 does not match)" >&2
-  fi
-  mkdir -p -- "$(dirname -- "$target")"
-  # The temp file sits beside the target so the final mv is an atomic rename.
-  tmp="$(mktemp "$(dirname -- "$target")/.$(basename -- "$rel").XXXXXX")"
-  if [[ -n "$source_dir" ]]; then
-    [[ -f "$source_dir/$rel" ]] || die "$source_dir/$rel: not found in the --source mirror"
-    cp -- "$source_dir/$rel" "$tmp" 2>/dev/null || die "could not copy $source_dir/$rel"
-    origin="$source_dir/$rel"
-  else
-    origin="$UPSTREAM_BASE/$rel"
-    if [[ "$rel" == */Q-Harm.json ]]; then origin="$QHARM_URL"; fi
-    fetch "$origin" "$tmp"
-  fi
-  actual="$(sha256 "$tmp")"
-  [[ "$actual" == "$expected" ]] ||
-    die "checksum mismatch for $rel from $origin: expected $expected, got $actual"
-  chmod 644 "$tmp"
-  mv -f -- "$tmp" "$target"
-  tmp=""
-  fetched=$((fetched + 1))
-done <"$checksums"
-
-echo "$dest: $fetched file(s) fetched, $skipped already present, all sha256 verified"
+fetch_list "$checksums" "$dest" "$source_dir" "$UPSTREAM_BASE" --source
+if [[ "$xstest" == 1 ]]; then
+  fetch_list "$xstest_checksums" "$xstest_dest" "$xstest_source" "$XSTEST_BASE" --xstest_source
+fi
 
 if [[ "$extras" == 1 ]]; then
   python="${PYTHON:-}"

@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 from crossdefense.paths import REPO_ROOT  # noqa: E402
 
 PAPER_DATA = REPO_ROOT.parent / "shared" / "paper-data"
+XSTEST_DATA = PAPER_DATA.parent / "xstest"
 
 _TOPICS = (
     "the city council approved a new budget for parks and public libraries",
@@ -96,6 +97,13 @@ def build_tiny_llama(out: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def xstest_data() -> Path:
+    if not (XSTEST_DATA / "xstest_prompts.csv").is_file():
+        pytest.skip(f"XSTest data not found at {XSTEST_DATA}")
+    return XSTEST_DATA
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,11 @@ from crossdefense.paths import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "download_data.sh"
 CHECKSUMS = REPO_ROOT / "data" / "upstream_sha256.txt"
+XSTEST_CHECKSUMS = REPO_ROOT / "data" / "xstest_sha256.txt"
 
 
-def expected_hashes() -> dict[str, str]:
-    return {
-        rel: digest for digest, rel in (line.split() for line in CHECKSUMS.read_text().splitlines())
-    }
+def expected_hashes(path: Path = CHECKSUMS) -> dict[str, str]:
+    return {rel: digest for digest, rel in (line.split() for line in path.read_text().splitlines())}
 
 
 def sha256(path: Path) -> str:
@@ -27,6 +26,9 @@ def sha256(path: Path) -> str:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The script; without an XSTest flag, XSTest is skipped (it would go to the network)."""
+    if not any(a.startswith("--xstest") for a in args):
+        args = (*args, "--no_xstest")
     return subprocess.run(
         ["bash", str(SCRIPT), *args],
         capture_output=True,
@@ -118,8 +120,47 @@ def test_network_failure_is_one_line_and_leaves_nothing(tmp_path):
     assert not dest.exists() or all_files(dest) == set()
 
 
+def test_xstest_from_a_mirror_is_verified_and_corruption_refused(tmp_path, paper_data, xstest_data):
+    hashes = expected_hashes(XSTEST_CHECKSUMS)
+    models = ("gpt4", "llama2new", "mistralinstruct")
+    assert set(hashes) == {
+        "xstest_prompts.csv",
+        *(f"model_completions/xstest_v2_completions_{m}.csv" for m in models),
+    }
+    up, dest = tmp_path / "upstream", tmp_path / "xstest"
+    args = ["--source", str(paper_data), "--dest", str(up), "--xstest_source"]
+    proc = run(*args, str(xstest_data), "--xstest_dest", str(dest))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{dest}: 4 file(s) fetched" in proc.stdout
+    assert all_files(dest) == set(hashes)
+    assert all(sha256(dest / rel) == digest for rel, digest in hashes.items())
+    again = run(*args, str(xstest_data), "--xstest_dest", str(dest))
+    assert "0 file(s) fetched, 4 already present" in again.stdout
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(xstest_data, mirror)
+    bad = mirror / "xstest_prompts.csv"
+    bad.chmod(0o644)
+    bad.write_bytes(bad.read_bytes().replace(b"kill", b"KILL", 1))
+    fresh = tmp_path / "fresh"
+    proc = run(*args, str(mirror), "--xstest_dest", str(fresh))
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: checksum mismatch for xstest_prompts.csv"
+    )
+    assert "xstest_prompts.csv" not in all_files(fresh)
+    assert not [f for f in all_files(fresh) if Path(f).name.startswith(".")]
+
+
 def test_bad_arguments(tmp_path):
-    for args in (["--bogus"], ["--source", str(tmp_path / "absent")], ["--dest"]):
+    for args in (
+        ["--bogus"],
+        ["--source", str(tmp_path / "absent")],
+        ["--dest"],
+        ["--xstest_source", str(tmp_path / "absent")],
+        ["--xstest_dest"],
+    ):
         proc = run(*args)
         assert proc.returncode != 0
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
