@@ -17,8 +17,15 @@ from typing import Any
 
 from crossdefense import UserError
 from crossdefense.io import read_json, read_jsonl, write_json, write_jsonl
-from crossdefense.paths import CHECKPOINTS_DIR, EMBEDDED_MODEL_DIR, EVALUATION_DIR, MINI_DATA_DIR
+from crossdefense.paths import (
+    CHECKPOINTS_DIR,
+    EMBEDDED_MODEL_DIR,
+    EVALUATION_DIR,
+    MINI_DATA_DIR,
+    XSTEST_DIR,
+)
 from crossdefense.tasks import TASK_NAMES, TASKS, get_task
+from crossdefense.xstest import PROMPTS_FILE
 
 log = logging.getLogger(__name__)
 DOCS = MINI_DATA_DIR / "documents"
@@ -55,6 +62,10 @@ class DemoConfig:
     batch_size: int = 32
     seeds: tuple[int, ...] = (42,)  # one adapter per seed and N; the first seeds the data
     judges: tuple[str, ...] = ("keyword", "learned")  # keyword reads this 135M model best (README)
+    # XSTest prompts per type (18 types; 0 = none); skipped with a warning when the default
+    # file is absent (scripts/download_data.sh fetches it), an error for a path given
+    xstest_per_type: int = 2
+    xstest_path: str = str(XSTEST_DIR / PROMPTS_FILE)
     output_dir: str = str(EVALUATION_DIR / "demo")
     checkpoint_dir: str = str(CHECKPOINTS_DIR / "demo")
 
@@ -127,6 +138,23 @@ def eval_subset(eval_dir: Path, tasks: tuple[str, ...], limit: int, out_dir: Pat
     return written
 
 
+def xstest_subset(cfg: DemoConfig, out_dir: Path) -> Path | None:
+    """A balanced XSTest sample (`xstest_per_type` prompts of each type) as an eval file, or
+    None when XSTest is off or its default file was never downloaded."""
+    from crossdefense.xstest import eval_document, read_prompts, subset
+
+    path = Path(cfg.xstest_path)
+    if cfg.xstest_per_type == 0:
+        return None
+    if not path.is_file():
+        log.warning("XSTest skipped: %s not found (scripts/download_data.sh fetches it)", path)
+        return None
+    rows = subset(read_prompts(path), cfg.xstest_per_type, seed=cfg.seeds[0])
+    dst = out_dir / "xstest.json"
+    write_json(dst, eval_document(rows, str(path)), indent=1)
+    return dst
+
+
 def validate(cfg: DemoConfig) -> None:
     get_task(cfg.task)
     for t in cfg.eval_tasks:
@@ -135,6 +163,12 @@ def validate(cfg: DemoConfig) -> None:
         raise UserError("--numbers must be positive defense sizes, e.g. 20,40")
     if cfg.eval_limit < 1:
         raise UserError("--eval_limit must be >= 1")
+    if cfg.xstest_per_type < 0:
+        raise UserError("--xstest must be >= 0 (prompts per XSTest type; 0 = none)")
+    if cfg.xstest_per_type and cfg.xstest_path != DemoConfig.xstest_path:
+        from crossdefense.xstest import read_prompts
+
+        read_prompts(cfg.xstest_path)  # a path the user gave must be there and readable
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or any(s < 0 for s in cfg.seeds):
         raise UserError("--seeds must be distinct non-negative integers, e.g. 1,2,3")
     from crossdefense.judges import normalize_judge_names
@@ -185,6 +219,8 @@ def run_demo(cfg: DemoConfig) -> Path:
         overwrite=True,
     )
     evals = eval_subset(Path(cfg.eval_dir), cfg.eval_tasks, cfg.eval_limit, out / "eval")
+    xstest = xstest_subset(cfg, out / "eval")
+    evals += [xstest] if xstest else []
     decoding = DecodingConfig(
         max_new_tokens=cfg.max_new_tokens,
         num_beams=1,

@@ -286,15 +286,23 @@ class SweepConfig:
         )
 
     def eval_files(self) -> list[Path]:
-        """EVAL_SETS entries: a stem (EVAL_DIR/<stem>.json), a glob in EVAL_DIR, or a path."""
+        """EVAL_SETS entries: a stem (EVAL_DIR/<stem>.json), a glob in EVAL_DIR, a path, or
+        `xstest` (data/xstest/xstest_prompts.csv, from scripts/download_data.sh)."""
+        from crossdefense.paths import XSTEST_DIR
+        from crossdefense.xstest import PROMPTS_FILE
+
         if self._eval_files is not None:
             return self._eval_files
         files: list[Path] = []
         for entry in self.eval_sets:
             if any(c in entry for c in "*?["):
                 base = Path(entry) if Path(entry).is_absolute() else self.eval_dir / entry
-                found = sorted(p for p in base.parent.glob(base.name) if p.suffix == ".json")
-            elif entry.endswith((".json", ".jsonl")):
+                found = sorted(
+                    p for p in base.parent.glob(base.name) if p.suffix in (".json", ".csv")
+                )
+            elif entry == "xstest":
+                found = [XSTEST_DIR / PROMPTS_FILE]
+            elif entry.endswith((".json", ".jsonl", ".csv")):
                 given = Path(entry)
                 found = [given if given.is_file() else self.eval_dir / entry]
             else:

@@ -57,8 +57,9 @@ def get_task(name: str) -> Task:
 
 
 # What an eval file's documents are. `cnn` is news (upstream's `_cnn` files), `useful` benign but
-# sensitive; the XSTest kinds are per prompt. A file may declare its kind (`doc_kind`).
-DOC_KINDS = ("harmful", "cnn", "useful", "instructions", "xstest_safe", "xstest_unsafe")
+# sensitive; the XSTest kinds are per prompt, `xstest` a file of both. A file may declare its
+# kind (`doc_kind`), and its records theirs (`kinds`).
+DOC_KINDS = ("harmful", "cnn", "useful", "instructions", "xstest", "xstest_safe", "xstest_unsafe")
 KIND_ALIASES = {"news": "cnn", "benign": "useful", "benign_sensitive": "useful"}
 
 

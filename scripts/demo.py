@@ -35,6 +35,8 @@ def main(
     contrast: bool = False,
     seeds: int | str | tuple = 42,
     judge: str | tuple = "keyword,learned",
+    xstest: int = DemoConfig.xstest_per_type,
+    xstest_path: str = DemoConfig.xstest_path,
     output_dir: str | None = None,
 ) -> None:
     """Base model vs summarize-defense LoRA(s) on the mini eval sets of all five tasks.
@@ -54,6 +56,9 @@ def main(
         seeds: training seeds, e.g. 1,2,3: one adapter per seed and N; the report shows
             per-seed rows, mean ± sd and a pooled Wilson interval.
         judge: refusal judges (comma-separated, the first gives the headline rate).
+        xstest: XSTest prompts per type (18 types, safe and unsafe; 0 = none). Without
+            data/xstest (scripts/download_data.sh) the demo skips XSTest with a warning.
+        xstest_path: XSTest's xstest_prompts.csv (default data/xstest/xstest_prompts.csv).
         output_dir: report folder (default evaluation/demo).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -70,6 +75,8 @@ def main(
             contrast=contrast,
             seeds=_ints(seeds),
             judges=_names(judge),
+            xstest_per_type=xstest,
+            xstest_path=xstest_path,
             **({"output_dir": output_dir} if output_dir else {}),
         )
         out = run_demo(cfg)

@@ -20,7 +20,8 @@
 #   NUMBERS      defense sizes N; 0 is the no-defense baseline  [1000]
 #   MODELS       name=path_or_hub_id:template entries  [llama=yahma/llama-7b-hf:alpaca
 #                llama2=meta-llama/Llama-2-7b-hf:llama2]
-#   EVAL_SETS    eval file stems or globs in EVAL_DIR  [test_*: five tasks x harmful/cnn/useful]
+#   EVAL_SETS    eval file stems or globs in EVAL_DIR, or xstest (data/xstest, see
+#                scripts/download_data.sh)  [test_*: five tasks x harmful/cnn/useful]
 #   EVAL_DIR     [data/upstream/evaluation, written by scripts/download_data.sh]
 #   NUM_SAFETY   K safety examples in each mixture  [100]
 #   SEEDS        training seeds, e.g. "1 2 3": one adapter per seed, run names end _seed<k> [one run]

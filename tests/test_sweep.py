@@ -233,6 +233,22 @@ def test_steps_and_eval_sets(tmp_path):
         cfg.eval_files()
 
 
+def test_eval_sets_take_xstest(tmp_path, monkeypatch):
+    import crossdefense.paths
+
+    monkeypatch.setattr(crossdefense.paths, "XSTEST_DIR", tmp_path / "xs")
+    write_eval(tmp_path / "test_case.json", n=2)
+    cfg = sw.SweepConfig.from_env({"EVAL_DIR": str(tmp_path), "EVAL_SETS": "test_case xstest"})
+    with pytest.raises(UserError, match="no evaluation file matches 'xstest'"):
+        cfg.eval_files()
+    (tmp_path / "xs").mkdir()
+    (tmp_path / "xs" / "xstest_prompts.csv").write_text(
+        "id,prompt,type,label\n1,hi,homonyms,safe\n"
+    )
+    cfg = sw.SweepConfig.from_env({"EVAL_DIR": str(tmp_path), "EVAL_SETS": "test_case xstest"})
+    assert [p.name for p in cfg.eval_files()] == ["test_case.json", "xstest_prompts.csv"]
+
+
 def test_slurm_index_maps_to_the_same_cell(tmp_path, monkeypatch):
     grid_inputs(tmp_path)
     env = sweep_env(tmp_path, tmp_path / "model")
