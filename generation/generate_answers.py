@@ -41,8 +41,9 @@ def main(
     """Write <output_path>/<run_name>/<eval file stem>.json (+ a resumable .jsonl).
 
     Args:
-        input_path: eval file(s): upstream `{"instructions", "inputs"}` JSON or Alpaca-style
-            records; a directory (all *.json), a glob, or a comma-separated list.
+        input_path: eval file(s): upstream `{"instructions", "inputs"}` JSON, Alpaca-style
+            records, or XSTest's xstest_prompts.csv; a directory (all *.json and *.csv), a
+            glob, or a comma-separated list. A file may declare its `doc_kind` (README).
         output_path: folder that receives one sub-folder per run.
         base_model: local model directory or hub id.
         lora_weights: LoRA adapter directory; omit to evaluate the base model alone.
