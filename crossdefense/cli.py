@@ -20,6 +20,14 @@ def reject_unknown_flags(main: Callable, argv: list[str] | None = None) -> None:
     for arg in argv:
         if arg == "--":
             return
+        short = arg[1:].split("=", 1)[0]
+        if arg.startswith("-") and not arg.startswith("--") and short.isalpha():
+            # fire maps `-o` to the first flag starting with o: ambiguous and silent
+            if short == "h":
+                continue
+            near = sorted(k for k in known if k.startswith(short[0]))
+            hint = f" ({', '.join('--' + k for k in near)})" if near else ""
+            sys.exit(f"error: short flag {arg} is not supported; use the full name{hint}")
         if not arg.startswith("--") or arg in ("--help", "--helpfull"):
             continue
         name = arg[2:].split("=", 1)[0]
@@ -140,6 +148,8 @@ def run(main: Callable) -> None:
     from crossdefense import UserError
 
     reject_unknown_flags(main)
+    # `-h` is help in every script, never a short form of a flag that starts with h
+    sys.argv = [sys.argv[0], *("--help" if a == "-h" else a for a in sys.argv[1:])]
     logging.getLogger("torch").setLevel(logging.WARNING)  # no cache statistics at exit
     try:
         fire.Fire(checked(main))
@@ -147,8 +157,9 @@ def run(main: Callable) -> None:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print(
-            "\ninterrupted: finished work is kept (generation: run the same command again to "
-            "resume; training: add --resume_from_checkpoint <output_dir>/checkpoint-<step>)",
+            "\ninterrupted: nothing half-written is left and finished work is kept (run the "
+            "same command again: generation resumes from its finished records; training "
+            "resumes with --resume_from_checkpoint <output_dir>/checkpoint-<step>)",
             file=sys.stderr,
         )
         sys.exit(130)

@@ -40,12 +40,9 @@ def expand_paths(
                 found = in_dir(p)
             elif any(c in part for c in "*?["):
                 found = sorted(Path(x) for x in glob.glob(part, recursive=True))
-            elif p.is_file():
-                found = [p]
-            elif p.exists():
-                raise UserError(f"{part}: not a regular file")
             else:
-                raise UserError(f"{part}: file not found")
+                check_file(p)
+                found = [p]
             found = [f for f in found if f.is_file() and (keep is None or keep(f))]
             if not found:
                 raise UserError(f"{part}: no {what} found")
@@ -55,11 +52,21 @@ def expand_paths(
     return list(dict.fromkeys(paths))
 
 
+def check_file(path: Path, what: str = "file") -> None:
+    """A UserError unless `path` is a regular file: missing, a folder, or a device each say so."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a {what}")
+    if path.exists():
+        raise UserError(f"{path}: not a regular file")
+    raise UserError(f"{path}: file not found")
+
+
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file; a missing, non-UTF-8 or malformed file is a UserError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    check_file(path, "JSON file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -75,10 +82,7 @@ def read_json(path: str | Path) -> Any:
 def read_jsonl(path: str | Path) -> list[Any]:
     """Parse a JSON-lines file (blank lines ignored); errors name the file and line."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not a JSONL file")
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    check_file(path, "JSONL file")
     rows = []
     try:
         with path.open(encoding="utf-8") as f:
@@ -230,6 +234,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
+
+
+def live_writer(directory: str | Path) -> dict[str, Any] | None:
+    """The holder (pid, host, started) of a live output lock in `directory`, if any: a lock of
+    a process that is still running here, or of another host (which cannot be checked)."""
+    for path in sorted(Path(directory).glob(f"{LOCK_FILE.removesuffix('.lock')}*.lock")):
+        try:
+            holder = json.loads(path.read_text(encoding="utf-8") or "{}")
+        except (OSError, json.JSONDecodeError):
+            continue
+        pid, host = holder.get("pid"), holder.get("host")
+        if not isinstance(pid, int):
+            continue
+        if host != platform.node() or _alive(pid):
+            return {**holder, "lock": str(path)}
+    return None
 
 
 @contextmanager

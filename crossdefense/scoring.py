@@ -706,6 +706,23 @@ def write_scores(
     return summary
 
 
+def warn_live_writers(files: Sequence[GenerationFile]) -> None:
+    """A run folder that a generation run is still writing may gain or change files after it
+    is scored: say so (its finished files are complete, each written atomically)."""
+    from crossdefense.io import live_writer
+
+    for folder in sorted({gf.path.parent for gf in files}):
+        holder = live_writer(folder)
+        if holder:
+            log.warning(
+                "%s: a generation run is still writing here (pid %s on %s); files it has not "
+                "finished are not scored, and finished ones may be redone",
+                folder,
+                holder.get("pid"),
+                holder.get("host"),
+            )
+
+
 def check_unique(files: Sequence[GenerationFile]) -> None:
     seen: dict[tuple[str, str], Path] = {}
     for gf in files:
@@ -737,6 +754,7 @@ def score_paths(
     scores_path, summary_path = check_output_dir(output_dir, overwrite)
     files = [load_generation(p) for p in expand_generation_paths(input_path, Path(output_dir))]
     check_unique(files)
+    warn_live_writers(files)
     if references_path is not None:
         attach_references(files, load_references(references_path), references_path)
     models = parse_judge_models(judge_model, names)

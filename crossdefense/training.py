@@ -86,7 +86,11 @@ def validate(cfg: TrainConfig) -> None:
     """Everything that can be checked before a model is loaded."""
     from crossdefense import modeling
     from crossdefense.prompts import load_template
+    from crossdefense.trackers import check_trackers
 
+    # a missing wandb/tensorboard is one line now, not a transformers traceback after loading
+    # the model (--wandb_project switches wandb on, as in setup_wandb)
+    check_trackers("wandb" if cfg.wandb_project else cfg.report_to, allow_other=True)
     modeling.check_quantization(cfg.load_8bit, cfg.load_4bit)
     modeling.check_base_model(cfg.base_model)
     load_template(cfg.prompt_template_name)

@@ -31,7 +31,10 @@ def is_xstest_csv(path: str | Path) -> bool:
 
 def read_prompts(path: str | Path) -> list[dict[str, str]]:
     """The CSV's rows as `{id, prompt, type, label, kind}`, validated (one error per problem)."""
+    from crossdefense.io import check_file
+
     path = Path(path)
+    check_file(path, "CSV file")
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -42,8 +45,6 @@ def read_prompts(path: str | Path) -> list[dict[str, str]]:
                     f"expected {', '.join(COLUMNS)}"
                 )
             rows = list(reader)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: unreadable CSV ({e})") from None
     if not rows:

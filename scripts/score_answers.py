@@ -8,6 +8,7 @@ from pathlib import Path
 
 from crossdefense import UserError
 from crossdefense.cli import run
+from crossdefense.io import read_jsonl
 from crossdefense.paths import EVALUATION_DIR
 
 
@@ -21,6 +22,9 @@ def main(
     device: str | None = None,
     batch_size: int | None = None,
     overwrite: bool = False,
+    report_to: str = "none",
+    tracker_dir: str | None = None,
+    tracker_run_name: str | None = None,
 ) -> None:
     """Score every response of one or more generation runs.
 
@@ -45,12 +49,19 @@ def main(
         device: device for model judges (default: cuda if available, else cpu).
         batch_size: batch size for model judges (default: each judge's own).
         overwrite: replace existing scores.jsonl / summary.json.
+        report_to: also log the scores to experiment trackers: none (default), wandb,
+            tensorboard, or both comma-separated (pip install -r requirements-extras.txt;
+            WANDB_MODE=offline logs without an account).
+        tracker_dir: tensorboard event folder (default: <output_dir>/tensorboard).
+        tracker_run_name: wandb run name (default: the last two parts of output_dir).
     """
     flags = dict(locals())
-    from crossdefense.scoring import format_result_line, score_paths
+    from crossdefense.scoring import SCORES_FILE, format_result_line, score_paths
+    from crossdefense.trackers import check_trackers, log_scores
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_trackers(report_to)  # a missing tracker package fails before any scoring
         results = score_paths(
             input_path,
             output_dir,
@@ -68,6 +79,20 @@ def main(
     for r in results:
         print(format_result_line(r))
     print(f"wrote {Path(output_dir) / 'scores.jsonl'} and {Path(output_dir) / 'summary.json'}")
+    try:
+        logged = log_scores(
+            report_to,
+            read_jsonl(Path(output_dir) / SCORES_FILE),
+            results,
+            output_dir,
+            run_name=tracker_run_name,
+            config=flags,
+            tracker_dir=tracker_dir,
+        )
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    for name, where in logged.items():
+        print(f"logged to {name}: {where}")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def test_bad_input_is_one_line(tiny_model_dir, tmp_path, script, args, match):
 @pytest.mark.parametrize(
     ("exc", "code", "line"),
     [
-        (KeyboardInterrupt(), 130, "interrupted: finished work is kept"),
+        (KeyboardInterrupt(), 130, "interrupted: nothing half-written is left"),
         (
             OSError(28, "No space left on device", "/out/x.json"),
             "error: /out/x.json: No space left on device",
@@ -237,3 +237,20 @@ def test_a_missing_required_flag_is_one_line():
     res = run_script("scripts/merge_shards.py", timeout=60)
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == ["error: missing --input_path (see --help)"]
+
+
+def test_short_flags_are_refused_and_dash_h_is_help(tmp_path):
+    from crossdefense.cli import reject_unknown_flags
+
+    def main(output_path: str = "x", overwrite: bool = False, heatmap_n: int = 1) -> None:
+        pass
+
+    with pytest.raises(SystemExit) as info:
+        reject_unknown_flags(main, ["-o", "y"])
+    assert str(info.value) == (
+        "error: short flag -o is not supported; use the full name (--output_path, --overwrite)"
+    )
+    reject_unknown_flags(main, ["-h"])  # help, not --heatmap_n
+    res = run_script(REPO_ROOT / "scripts" / "report.py", "-h", cwd=tmp_path)
+    assert res.returncode == 0 and "--heatmap_n" in res.stdout + res.stderr
+    assert not list(tmp_path.iterdir())

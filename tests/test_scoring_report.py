@@ -617,3 +617,34 @@ def test_report_refuses_a_summary_with_a_non_integer_n(tmp_path):
     bad.write_text(json.dumps({"results": [row]}))
     with pytest.raises(UserError, match="num_defense 'two' is not an integer"):
         load_results([bad])
+
+
+def test_scoring_warns_about_a_run_folder_still_being_written(gen_root, tmp_path, caplog):
+    import os
+    import platform
+
+    from crossdefense.io import LOCK_FILE
+    from crossdefense.scoring import score_paths
+
+    run_dir = next(p for p in sorted(gen_root.iterdir()) if p.is_dir())
+    lock = run_dir / LOCK_FILE.replace(".lock", ".shard0-of-2.lock")
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": platform.node(), "started": "now"}))
+    with caplog.at_level("WARNING"):
+        score_paths(str(gen_root), tmp_path / "s1", "keyword")
+    assert any(
+        "still writing here" in r.message and str(run_dir) in r.message for r in caplog.records
+    )
+    lock.write_text(json.dumps({"pid": 2**22 + 7, "host": platform.node()}))  # a dead writer
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        score_paths(str(gen_root), tmp_path / "s2", "keyword")
+    assert not any("still writing" in r.message for r in caplog.records)
+
+
+def test_a_folder_or_device_given_as_a_file_says_so(tmp_path):
+    from crossdefense.io import read_json
+
+    with pytest.raises(UserError, match="is a directory, not a JSON file"):
+        read_json(tmp_path)
+    with pytest.raises(UserError, match="/dev/null: not a regular file"):
+        expand_generation_paths("/dev/null")
