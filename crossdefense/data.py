@@ -91,6 +91,52 @@ def _optional_list(data: dict, keys: tuple[str, ...], n: int, path: Path | str) 
     return None
 
 
+@dataclass
+class Pair:
+    """One preference example: a prompt (instruction + input) and a preferred (`chosen`) and a
+    dispreferred (`rejected`) response, e.g. a refusal and doing the task on a harmful document."""
+
+    id: str
+    instruction: str
+    input: str
+    chosen: str
+    rejected: str
+
+    def with_response(self, which: str) -> Record:
+        return Record(self.id, self.instruction, self.input, getattr(self, which))
+
+
+def read_preference_records(path: str | Path) -> list[Pair]:
+    """Alpaca-style JSON/JSONL records `{instruction, input, chosen, rejected}` (the format of
+    `build_defense_data.py --format dpo`; a user's own file works the same)."""
+    rows = read_json_or_jsonl(path)
+    if isinstance(rows, dict) and isinstance(rows.get("data"), list):
+        rows = rows["data"]
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{path}: expected a list of {{instruction, input, chosen, rejected}}")
+    pairs = []
+    for i, row in enumerate(rows):
+        where = f"{path}: record {i}"
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected an object, got {type(row).__name__}")
+        if "chosen" not in row and "output" in row:
+            raise UserError(
+                f"{where}: has 'output' but no 'chosen'/'rejected': an SFT record; train it "
+                "with --method sft, or build preference pairs (build_defense_data.py --format dpo)"
+            )
+        pair = Pair(
+            id=str(row.get("id", i)),
+            instruction=_text_field(row, "instruction", where),
+            input=_text_field(row, "input", where, required=False),
+            chosen=_text_field(row, "chosen", where),
+            rejected=_text_field(row, "rejected", where),
+        )
+        if pair.chosen == pair.rejected:
+            raise UserError(f"{where}: 'chosen' and 'rejected' are the same text")
+        pairs.append(pair)
+    return pairs
+
+
 def read_eval_records(path: str | Path) -> list[Record]:
     """Upstream's `{"instructions": [...], "inputs": [...]}` (inputs may be empty, optional
     `ids`/`references`), an Alpaca-style record list / JSONL (outputs ignored), or XSTest's
@@ -318,3 +364,52 @@ def encode(
             list(ids) if train_on_inputs else [IGNORE_INDEX] * prompt_tokens + ids[prompt_tokens:]
         )
     return Encoded(ids, labels, doc_cut, target_cut)
+
+
+@dataclass
+class EncodedPair:
+    """A preference pair as token ids: the shared prompt and each response (EOS included)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    doc_tokens_cut: int = 0
+    target_tokens_cut: int = 0
+
+
+def encode_pair(
+    tokenizer, prompter: Prompter, pair: Pair, max_len: int, add_eos_token: bool = True
+) -> EncodedPair:
+    """Both sides of a pair through `encode`, with the same (document-first) truncation.
+
+    The document is cut as much as the longer side needs, so both sides share one prompt; the
+    prompt is their common token prefix (a token straddling the prompt/response boundary counts
+    as response, as in TRL), and `prompt + chosen` is exactly `encode` of the chosen record.
+    """
+    chosen, rejected = pair.with_response("chosen"), pair.with_response("rejected")
+    where, document = _cuttable(chosen)
+    doc_len = len(_tokenize(tokenizer, document, False)[0]) if document else 0
+    keep = doc_len
+    sides = (chosen, rejected)
+    for _ in range(4):  # cut the document once for the longer side, then both fit it
+        first = [encode(tokenizer, prompter, r, max_len, False, add_eos_token) for r in sides]
+        cuts = [e.doc_tokens_cut for e in first]
+        if cuts[0] == cuts[1]:
+            break
+        keep -= max(cuts)
+        short = _doc_prefix(tokenizer, document, keep)
+        sides = tuple(_with_document(r, where, short) for r in (chosen, rejected))
+    cut = doc_len - keep + min(e.doc_tokens_cut for e in first)
+    (c_ids, c_labels), (r_ids, _) = [(e.input_ids, e.labels) for e in first]
+    prompt_len = next((i for i, lab in enumerate(c_labels) if lab != IGNORE_INDEX), len(c_ids))
+    shared = 0
+    limit = min(prompt_len, len(r_ids))
+    while shared < limit and c_ids[shared] == r_ids[shared]:
+        shared += 1
+    return EncodedPair(
+        prompt_ids=c_ids[:shared],
+        chosen_ids=c_ids[shared:],
+        rejected_ids=r_ids[shared:],
+        doc_tokens_cut=cut,
+        target_tokens_cut=max(e.target_tokens_cut for e in first),
+    )

@@ -948,8 +948,11 @@ def make_report(
     output_dir: str | Path,
     heatmap_n: int | None = None,
     overwrite: bool = False,
+    capabilities_path: str | Sequence[str] | None = None,
 ) -> list[Path]:
     """Everything the report script writes; inputs are checked before anything is written.
+    With `capabilities_path` (capability JSONs of scripts/eval_capabilities.py: files, folders
+    or comma-separated), results.md gets a capability section and capabilities.csv is written.
 
     The files are made in a temporary folder beside the outputs and moved in together at the
     end, so a crash or Ctrl-C leaves the previous report whole (or nothing), never a new table
@@ -961,6 +964,11 @@ def make_report(
     out = check_report_dir(output_dir, overwrite)
     results = load_results(expand_summary_paths(summary_path))
     n = choose_heatmap_n(results, heatmap_n)
+    caps = None
+    if capabilities_path is not None:
+        from crossdefense.capabilities import report_capabilities
+
+        caps = report_capabilities(capabilities_path, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
@@ -971,11 +979,20 @@ def make_report(
         plot_heatmap(results, tmp / "cross_task_heatmap.png", n)
         plot_safety_utility(results, tmp / "safety_utility.png")
         plot_xstest(results, tmp / "xstest.png")
+        if caps is not None:
+            from crossdefense.capabilities import write_capability_files
+
+            write_capability_files(tmp, caps)
         made = [name for name in REPORT_FILES if (tmp / name).exists()]
         for name in made:
             (tmp / name).replace(out / name)
         for name in set(REPORT_FILES) - set(made):
             (out / name).unlink(missing_ok=True)
+        if caps is not None:
+            from crossdefense.capabilities import CAPABILITIES_CSV
+
+            (tmp / CAPABILITIES_CSV).replace(out / CAPABILITIES_CSV)
+            made.append(CAPABILITIES_CSV)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [out / name for name in made]

@@ -1,8 +1,12 @@
-"""LoRA fine-tuning in the alpaca-lora style, on current transformers/peft.
+"""LoRA fine-tuning in the alpaca-lora style, on current transformers/peft, by supervised
+fine-tuning (`method="sft"`, the paper) or by preference tuning (`method="dpo"`, TRL's
+DPOTrainer on {prompt, chosen, rejected} pairs).
 
 Differences from upstream, each deliberate: the loss is on the response only by default
 (`train_on_inputs=False`, the paper's conditional loss); an over-long record loses the end of
 its document, never its task instruction; shuffling is seeded; precision follows the device.
+DPO's reference model is the starting point of the LoRA (a frozen copy of the adapter's
+initial weights, i.e. the base model for a fresh LoRA): no second copy of the base in memory.
 """
 
 from __future__ import annotations
@@ -15,11 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.data import Record, TruncationStats, encode, read_training_records
+from crossdefense.data import (
+    Pair,
+    Record,
+    TruncationStats,
+    encode,
+    encode_pair,
+    read_preference_records,
+    read_training_records,
+)
 from crossdefense.io import read_json, run_metadata, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.json"
+METHODS = ("sft", "dpo")
 
 
 @dataclass
@@ -57,6 +70,8 @@ class TrainConfig:
     warmup_steps: int = 10
     logging_steps: int = 10
     overwrite: bool = False
+    method: str = "sft"  # sft (the paper) or dpo (preference pairs)
+    beta: float = 0.1  # DPO: strength of the pull towards the reference model
 
 
 def normalise_modules(value: Any) -> tuple[str, ...]:
@@ -103,7 +118,10 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.cutoff_len < 8:
         raise UserError("--cutoff_len must be >= 8")
+    if cfg.method not in METHODS:
+        raise UserError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
     checks = (
+        (_number(cfg.beta) and cfg.beta > 0, "--beta must be > 0"),
         (_number(cfg.learning_rate) and cfg.learning_rate > 0, "--learning_rate must be > 0"),
         (
             _number(cfg.lora_r) and cfg.lora_r >= 1 and cfg.lora_r == int(cfg.lora_r),
@@ -147,16 +165,23 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"{cfg.resume_from_checkpoint}: checkpoint not found")
 
 
-def load_records(data_path: str) -> list[Record]:
-    """A local JSON/JSONL file, or a hub dataset id (e.g. yahma/alpaca-cleaned) when online."""
+def load_records(data_path: str, method: str = "sft") -> list[Record] | list[Pair]:
+    """A local JSON/JSONL file, or a hub dataset id (e.g. yahma/alpaca-cleaned) when online;
+    `method="dpo"` reads preference pairs {instruction, input, chosen, rejected}."""
     if Path(data_path).expanduser().exists() or data_path.endswith((".json", ".jsonl")):
-        return read_training_records(Path(data_path).expanduser())
+        path = Path(data_path).expanduser()
+        return read_preference_records(path) if method == "dpo" else read_training_records(path)
     from datasets import load_dataset
 
     try:
         ds = load_dataset(data_path, split="train")
     except Exception as e:  # datasets raises many types for a missing/offline hub id
         raise UserError(f"{data_path}: not a file and not loadable from the hub ({e})") from None
+    if method == "dpo":
+        return [
+            Pair(str(i), r["instruction"], r.get("input", "") or "", r["chosen"], r["rejected"])
+            for i, r in enumerate(ds)
+        ]
     return [
         Record(str(i), r["instruction"], r.get("input", "") or "", r["output"])
         for i, r in enumerate(ds)
@@ -198,6 +223,17 @@ def tokenize_all(records, tokenizer, prompter, cfg: TrainConfig):
     stats = TruncationStats()
     rows = []
     for r in tqdm(records, desc="tokenizing", unit="rec", disable=not is_main_process()):
+        if cfg.method == "dpo":
+            pair = encode_pair(tokenizer, prompter, r, cfg.cutoff_len, cfg.add_eos_token)
+            stats.add(r.id, pair)
+            rows.append(
+                {
+                    "prompt_ids": pair.prompt_ids,
+                    "chosen_ids": pair.chosen_ids,
+                    "rejected_ids": pair.rejected_ids,
+                }
+            )
+            continue
         enc = encode(tokenizer, prompter, r, cfg.cutoff_len, cfg.train_on_inputs, cfg.add_eos_token)
         stats.add(r.id, enc)
         rows.append(
@@ -295,18 +331,17 @@ def train(cfg: TrainConfig, flags: dict[str, Any] | None = None) -> TrainResult:
     from crossdefense.io import output_lock
 
     validate(cfg)
-    records = load_records(cfg.data_path)  # bad data fails before anything is written
+    records = load_records(cfg.data_path, cfg.method)  # bad data fails before anything is written
     lock = output_lock(cfg.output_dir, "training") if is_main_process() else nullcontext()
     with lock:
         return _train(cfg, records, flags)
 
 
 def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None) -> TrainResult:
-    import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+    from transformers import set_seed
 
     from crossdefense import modeling
-    from crossdefense.prompts import load_prompter, save_prompter
+    from crossdefense.prompts import load_prompter
 
     data_facts = train_data_facts(cfg.data_path, len(records))
     set_seed(cfg.seed)
@@ -322,8 +357,31 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
             stats.targets_cut,
             stats.target_tokens_cut,
         )
+    model, resume = load_lora_model(cfg)
+    trainer = make_trainer(cfg, model, tokenizer, train_rows, val_rows)
+    model.config.use_cache = False
+    result = trainer.train(resume_from_checkpoint=resume)
+    out = Path(cfg.output_dir)
+    if is_main_process():
+        save_run(
+            cfg,
+            model,
+            prompter,
+            trainer,
+            result,
+            flags,
+            data_facts,
+            stats,
+            rows=(train_rows, val_rows),
+        )
+    return TrainResult(out, model)
 
-    device, dtype = modeling.device_and_dtype()
+
+def load_lora_model(cfg: TrainConfig) -> tuple[Any, str | None]:
+    """The base model with a fresh LoRA (or an adapter-only `--resume_from_checkpoint`'s
+    weights, with a fresh optimiser); returns it and the Trainer checkpoint to resume, if any."""
+    from crossdefense import modeling
+
     model = modeling.load_base_model(
         cfg.base_model, cfg.load_8bit, cfg.load_4bit, cfg.trust_remote_code
     )
@@ -338,7 +396,8 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
     )
     resume = cfg.resume_from_checkpoint
     if resume and not (Path(resume) / "trainer_state.json").is_file():
-        # An adapter-only directory: start from its weights with a fresh optimiser.
+        # An adapter-only directory: start from its weights with a fresh optimiser (under DPO
+        # it is also the reference: e.g. DPO on top of an SFT adapter).
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -347,14 +406,22 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
         resume = None
     if is_main_process():
         model.print_trainable_parameters()
+    return model, resume
 
-    grad_accum = cfg.batch_size // cfg.micro_batch_size // world_size()
+
+def training_arguments(cfg: TrainConfig, has_validation: bool) -> Any:
+    """transformers' TrainingArguments (sft) or TRL's DPOConfig (dpo) from the same flags."""
+    import torch
+
+    from crossdefense import modeling
+
+    device, dtype = modeling.device_and_dtype()
     use_cuda = device == "cuda"
-    args = TrainingArguments(
+    common = dict(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=grad_accum,
+        gradient_accumulation_steps=cfg.batch_size // cfg.micro_batch_size // world_size(),
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
@@ -364,8 +431,8 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
         bf16=use_cuda and dtype == torch.bfloat16,
         fp16=use_cuda and dtype == torch.float16,
         use_cpu=not use_cuda,
-        eval_strategy="steps" if val_rows else "no",
-        eval_steps=cfg.save_steps if val_rows else None,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=cfg.save_steps if has_validation else None,
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=3,
@@ -378,8 +445,52 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
         remove_unused_columns=False,
         disable_tqdm=not is_main_process(),
     )
+    if cfg.method == "sft":
+        from transformers import TrainingArguments
+
+        return TrainingArguments(**common)
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **common,
+        beta=cfg.beta,
+        loss_type=["sigmoid"],  # the DPO loss of Rafailov et al. (2023)
+        max_length=None,  # pairs are already cut to --cutoff_len, document first (data.py)
+        precompute_ref_log_probs=False,
+        dataset_num_proc=None,
+    )
+
+
+def dpo_trainer_class():
+    from trl import DPOTrainer
+
+    class PretokenizedDPOTrainer(DPOTrainer):
+        """TRL's DPOTrainer on pairs tokenised by `crossdefense.data.encode_pair`, so DPO and SFT
+        share one template and one truncation rule (the document is cut, never the task)."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+    return PretokenizedDPOTrainer
+
+
+def make_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, train_rows: list, val_rows: list):
+    args = training_arguments(cfg, bool(val_rows))
+    if cfg.method == "dpo":
+        from datasets import Dataset
+
+        return dpo_trainer_class()(
+            model=model,
+            ref_model=None,  # TRL: a frozen copy of the LoRA's starting weights (adapter "ref")
+            args=args,
+            train_dataset=Dataset.from_list(train_rows),
+            eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+            processing_class=tokenizer,
+        )
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
     trainer_class = Trainer if cfg.train_on_inputs else response_loss_trainer_class()
-    trainer = trainer_class(
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -389,33 +500,51 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
             tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True
         ),
     )
-    model.config.use_cache = False
-    result = trainer.train(resume_from_checkpoint=resume)
+
+
+def save_run(cfg, model, prompter, trainer, result, flags, data_facts, stats, rows) -> None:
+    """The adapter (only the trained one: DPO's frozen reference copy is not saved), the
+    template and run_config.json; Trainer checkpoints of the finished run are removed."""
+    from crossdefense import modeling
+    from crossdefense.prompts import save_prompter
 
     out = Path(cfg.output_dir)
-    if is_main_process():
-        model.save_pretrained(out, safe_serialization=True)
-        save_prompter(prompter, out)
-        meta = run_metadata(flags or {})
-        write_json(
-            out / RUN_CONFIG,
-            {
-                **meta,
-                "config": {
-                    k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()
-                },
-                "train_data": data_facts,
-                "split": {"train": len(train_rows), "validation": len(val_rows)},
-                "truncation": stats.to_dict(),
-                "effective_batch_size": cfg.micro_batch_size * grad_accum * world_size(),
-                "world_size": world_size(),
-                "device": device,
-                "dtype": str(dtype).removeprefix("torch."),
-                "train_metrics": result.metrics,
-                "log_history": trainer.state.log_history,
-            },
-        )
-        # Trainer checkpoints exist to resume a crashed run; a finished run keeps the adapter.
-        for stale in out.glob("checkpoint-*"):
-            shutil.rmtree(stale)
-    return TrainResult(out, model)
+    device, dtype = modeling.device_and_dtype()
+    model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
+    save_prompter(prompter, out)
+    meta = run_metadata(flags or {})
+    grad_accum = cfg.batch_size // cfg.micro_batch_size // world_size()
+    write_json(
+        out / RUN_CONFIG,
+        {
+            **meta,
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+            "method": method_facts(cfg),
+            "train_data": data_facts,
+            "split": {"train": len(rows[0]), "validation": len(rows[1])},
+            "truncation": stats.to_dict(),
+            "effective_batch_size": cfg.micro_batch_size * grad_accum * world_size(),
+            "world_size": world_size(),
+            "device": device,
+            "dtype": str(dtype).removeprefix("torch."),
+            "train_metrics": result.metrics,
+            "log_history": trainer.state.log_history,
+        },
+    )
+    for stale in out.glob("checkpoint-*"):
+        shutil.rmtree(stale)
+
+
+def method_facts(cfg: TrainConfig) -> dict[str, Any]:
+    """What the training objective was, for run_config.json and the scores downstream."""
+    if cfg.method == "sft":
+        return {"name": "sft", "loss": "cross-entropy on the response tokens"}
+    import trl
+
+    return {
+        "name": "dpo",
+        "loss": "sigmoid (DPO)",
+        "beta": cfg.beta,
+        "reference": "the LoRA's starting weights, frozen (the base model for a fresh LoRA)",
+        "trl": trl.__version__,
+    }

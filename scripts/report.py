@@ -15,6 +15,7 @@ def main(
     output_dir: str = str(EVALUATION_DIR / "report"),
     heatmap_n: int | None = None,
     overwrite: bool = False,
+    capabilities_path: str | tuple[str, ...] | None = None,
 ) -> None:
     """Aggregate summary.json files into results.csv, results.md and three plots.
 
@@ -26,12 +27,22 @@ def main(
         heatmap_n: the N of the train task x eval task heat-map (default: the largest N that
             every train task has).
         overwrite: replace existing report files.
+        capabilities_path: capability results of scripts/eval_capabilities.py (files or
+            folders of *.json, comma-separated): adds a "Capability (lm-evaluation-harness)"
+            section to results.md (adapter vs base model per task and metric) and
+            capabilities.csv.
     """
     from crossdefense.report import make_report
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        written = make_report(summary_path, output_dir, heatmap_n=heatmap_n, overwrite=overwrite)
+        written = make_report(
+            summary_path,
+            output_dir,
+            heatmap_n=heatmap_n,
+            overwrite=overwrite,
+            capabilities_path=capabilities_path,
+        )
     except UserError as e:
         sys.exit(f"error: {e}")
     for p in written:

@@ -1,4 +1,5 @@
-"""LoRA-tune a causal LM on an Alpaca-style mixture (upstream flag names and defaults).
+"""LoRA-tune a causal LM on an Alpaca-style mixture (upstream flag names and defaults), by
+supervised fine-tuning (`--method sft`, the paper) or preference tuning (`--method dpo`).
 
 Run on one device with `python training/finetuning.py ...`, or data-parallel with
 `torchrun --nproc_per_node 4 training/finetuning.py ...` / `accelerate launch ...`.
@@ -44,18 +45,23 @@ def main(
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
     save_steps: int = 200,
+    warmup_steps: int = 10,
+    logging_steps: int = 10,
     overwrite: bool = False,
+    method: str = "sft",
+    beta: float = 0.1,
 ) -> None:
     """Train a LoRA adapter; writes adapter (safetensors), run_config.json and the template.
 
     Args:
         base_model: local model directory or hub id (required).
-        data_path: Alpaca-style JSON/JSONL file, or a hub dataset id.
+        data_path: Alpaca-style JSON/JSONL file ({instruction, input, output}; for --method dpo
+            {instruction, input, chosen, rejected}), or a hub dataset id.
         output_dir: where the adapter, run_config.json and trainer checkpoints go.
         batch_size: effective batch size (micro_batch_size x accumulation x processes).
         micro_batch_size: examples per device per forward pass.
         num_epochs: passes over the training data (ignored when max_steps > 0).
-        learning_rate: peak learning rate (10 warm-up steps, then linear decay).
+        learning_rate: peak learning rate (--warmup_steps of warm-up, then linear decay).
         cutoff_len: token limit per example; over-long documents lose their end, never the
             task instruction or the response.
         val_set_size: held-out examples (a fraction when < 1; 0 for none, as in the paper).
@@ -82,7 +88,14 @@ def main(
         gradient_checkpointing: trade compute for memory.
         trust_remote_code: allow model code from the hub (off by default).
         save_steps: trainer checkpoint (and evaluation) interval in steps.
+        warmup_steps: linear learning-rate warm-up steps.
+        logging_steps: loss logging interval in steps.
         overwrite: allow training into an output_dir that already holds an adapter.
+        method: sft (cross-entropy on the response: the paper) or dpo (TRL's DPO loss on
+            preference pairs; the reference is the LoRA's starting point, so the base model,
+            or the adapter given to --resume_from_checkpoint).
+        beta: DPO's beta: how strongly the policy is kept near the reference (0.1 is TRL's
+            default; higher = closer).
     """
     flags = dict(locals())
     from crossdefense.training import TrainConfig, is_main_process, normalise_modules, train
