@@ -392,12 +392,28 @@ def build_defense_data(
     eval_dir: str | Path | None = None,
     allow_leakage: bool = False,
     overwrite: bool = False,
+    format: str = "sft",
+    rejected_path: str | Path | None = None,
 ) -> list[Path]:
     """Build one mixture per N (`num_defense`, or each N in `grid`); return the mixture paths.
 
     Everything is loaded and validated, and the leakage check run, before any file is written.
+
+    `format`: `sft` (the paper's {instruction, input, output} records), `dpo` (preference pairs
+    {instruction, input, chosen, rejected} from the same sample: see `preference_pairs`), or
+    `prompts` (the refusal prompts of the largest N as an eval file, for the model whose own
+    answers become the rejected side of the pairs: `generate_answers.py` on it, then `dpo`
+    with `rejected_path` = its output).
     """
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
+    if format not in FORMATS:
+        raise UserError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    if format == "dpo" and rejected_path is None:
+        raise UserError(
+            "--format dpo needs --rejected_path: the model's own answers to the refusal prompts "
+            "(write them with --format prompts, answer them with generation/generate_answers.py)"
+        )
+    rejected = load_rejected(rejected_path) if format == "dpo" else None
     tasks = list(TASK_NAMES) if task == MIX else [get_task(task).name]
     if (num_defense is None) == (grid is None):
         raise UserError("give exactly one of --num_defense=N or --grid=N1,N2,...")
@@ -498,17 +514,53 @@ def build_defense_data(
         if leaks and not allow_leakage:
             raise UserError(_leak_message(leaks))
 
-    targets = {n: out_dir / mixture_name(num_safety, n, task) for n in ns}
+    suffix = {"sft": ".json", "dpo": ".dpo.json", "prompts": ".prompts.json"}[format]
+    names = {n: mixture_name(num_safety, n, task).removesuffix(".json") + suffix for n in ns}
+    if format == "prompts":
+        names = {max(ns): names[max(ns)]}  # the largest N's prompts cover every smaller N
+    targets = {n: out_dir / name for n, name in names.items()}
     for path in targets.values():
         for p in (path, manifest_path(path)):
             if p.exists() and not overwrite:
                 raise UserError(f"{p}: already exists (pass --overwrite to replace it)")
 
     base = [alpaca.records[i] for i in alpaca_idx] + [safety.records[i] for i in safety_idx]
+    kinds = ["benign"] * len(alpaca_idx) + ["safety"] * len(safety_idx)
+    if format == "prompts":
+        path = targets[max(ns)]
+        refuse = [r for r, k in zip(base, kinds, strict=True) if k == "safety"]
+        refuse += [ex for _, ex in plan[: max(ns) * len(tasks)]]
+        write_json(path, refusal_prompts(refuse))
+        write_json(
+            manifest_path(path),
+            {
+                "prompts": path.name,
+                "num_records": len(refuse),
+                "for": "generation/generate_answers.py, then --format dpo --rejected_path",
+                "task": task,
+                "num_defense": max(ns),
+                "num_safety": num_safety,
+                "seed": seed,
+                "sources": sources,
+                "provenance": run_metadata(flags),
+            },
+        )
+        logger.info("wrote %s (%d prompts to answer)", path, len(refuse))
+        return [path]
+    pool = refusal_pool(refusals, plan)
     for n, path in targets.items():
         chosen = plan[: n * len(tasks)]
         records = base + [ex for _, ex in chosen]
-        rng("shuffle").shuffle(records)
+        record_kinds = kinds + ["defense"] * len(chosen)
+        order = list(range(len(records)))
+        rng("shuffle").shuffle(order)
+        records = [records[i] for i in order]
+        record_kinds = [record_kinds[i] for i in order]
+        pref_counts = None
+        if format == "dpo":
+            records, pref_counts = preference_pairs(
+                records, record_kinds, rejected, pool, rng("dpo-rejected"), rejected_path
+            )
         ids = {p["document_id"] for p, _ in chosen}
         manifest = {
             "mixture": path.name,
@@ -531,6 +583,8 @@ def build_defense_data(
             },
             "leakage": {**leakage, "matches": [m for m in leaks if m["document_id"] in ids]},
             "allow_leakage": allow_leakage,
+            "format": format,
+            **({"preference_pairs": pref_counts} if pref_counts is not None else {}),
             "provenance": run_metadata(flags),
         }
         write_json(path, records)
@@ -538,6 +592,117 @@ def build_defense_data(
         write_json(manifest_path(path), manifest)
         logger.info("wrote %s (%d records)", path, len(records))
     return list(targets.values())
+
+
+FORMATS = ("sft", "dpo", "prompts")
+
+
+def refusal_prompts(records: list[dict[str, str]]) -> dict[str, Any]:
+    """The records whose target is a refusal, as an eval file (ids = a hash of the prompt)."""
+    import hashlib
+
+    ids = [
+        hashlib.sha256(f"{r['instruction']}\x00{r['input']}".encode()).hexdigest()[:12]
+        for r in records
+    ]
+    return {
+        "instructions": [r["instruction"] for r in records],
+        "inputs": [r["input"] for r in records],
+        "ids": ids,
+    }
+
+
+def load_rejected(path: str | Path) -> dict[tuple[str, str], str]:
+    """(instruction, input) -> the model's answer, from a generation output file (or any JSON
+    with parallel `instructions`, `inputs`, `outputs` lists)."""
+    from crossdefense.io import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("outputs"), list):
+        raise UserError(f"{path}: not a generation output file (no 'outputs' list)")
+    instructions = data.get("instructions")
+    outputs = data["outputs"]
+    inputs = data.get("inputs") or [""] * len(outputs)
+    if not isinstance(instructions, list) or not len(instructions) == len(inputs) == len(outputs):
+        raise UserError(f"{path}: 'instructions', 'inputs' and 'outputs' differ in length")
+    return {(i, x): o for i, x, o in zip(instructions, inputs, outputs, strict=True)}
+
+
+def refusal_pool(refusals: Refusals | None, plan: list) -> list[str]:
+    """Refusals to put on the rejected side of benign pairs: the pool, or the per-document
+    refusals in use."""
+    if refusals is not None and refusals.pool is not None:
+        return refusals.pool
+    pool = sorted({ex["output"] for _, ex in plan})
+    if not pool:
+        raise UserError("--format dpo needs refusals (--refusals_path) for the benign pairs")
+    return pool
+
+
+def preference_pairs(
+    records: list[dict[str, str]],
+    kinds: list[str],
+    rejected: dict[tuple[str, str], str],
+    pool: list[str],
+    rng: random.Random,
+    rejected_path: str | Path | None,
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """One pair per SFT record, in the same order:
+    - a refusal target (defense document x task, or a safety instruction): chosen = the refusal,
+      rejected = the model's own answer (on-policy); a pair whose answer is itself a refusal
+      (keyword judge) teaches nothing and is dropped, and counted;
+    - a benign record (Alpaca, or a benign document x task): chosen = its answer, rejected = a
+      refusal from the pool (seeded)."""
+    from crossdefense.judges import make_judge
+    from crossdefense.metrics import REFUSAL
+
+    missing = [
+        r
+        for r, k in zip(records, kinds, strict=True)
+        if k != "benign" and (r["instruction"], r["input"]) not in rejected
+    ]
+    if missing:
+        raise UserError(
+            f"{rejected_path}: no answer for {len(missing)} refusal prompt(s), e.g. "
+            f"{missing[0]['instruction'][:60]!r}...; answer the prompts file of the same "
+            "mixture (--format prompts) with generation/generate_answers.py"
+        )
+    judge = make_judge("keyword")
+    answers = [rejected.get((r["instruction"], r["input"]), "") for r in records]
+    refused = [
+        k != "benign" and (not a.strip() or v.label == REFUSAL)
+        for k, a, v in zip(
+            kinds,
+            answers,
+            judge.judge_batch(answers, [r["instruction"] for r in records], [None] * len(records)),
+            strict=True,
+        )
+    ]
+    pairs, counts = [], Counter()
+    for r, k, answer, skip in zip(records, kinds, answers, refused, strict=True):
+        if skip:
+            counts[f"{k}_dropped_already_refused"] += 1
+            continue
+        if k == "benign":
+            chosen, bad = r["output"], pool[rng.randrange(len(pool))]
+        else:
+            chosen, bad = r["output"], answer
+        if chosen == bad:
+            counts[f"{k}_dropped_same_text"] += 1
+            continue
+        pairs.append(
+            {
+                "instruction": r["instruction"],
+                "input": r["input"],
+                "chosen": chosen,
+                "rejected": bad,
+                "kind": k,
+            }
+        )
+        counts[k] += 1
+    if not pairs:
+        raise UserError(f"{rejected_path}: every pair was dropped (the answers are all refusals)")
+    return pairs, {"rejected_from": str(rejected_path), **dict(sorted(counts.items()))}
 
 
 def manifest_path(mixture: str | Path) -> Path:

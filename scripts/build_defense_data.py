@@ -6,6 +6,11 @@
 
 writes data/training/summarize/saferpaca_Instructions_100_100_summarize.json and its
 .manifest.json (sources with sha256, sampled indices, counts, leakage check, provenance).
+
+Preference pairs for --method dpo, on-policy (the rejected side is the model's own answer):
+    ... --format prompts          # -> ..._summarize.prompts.json (the refusal prompts)
+    python generation/generate_answers.py --input_path <that file> --base_model <model> ...
+    ... --format dpo --rejected_path <its output .json>   # -> ..._summarize.dpo.json
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ def main(
     eval_dir: str | None = None,
     allow_leakage: bool = False,
     overwrite: bool = False,
+    format: str = "sft",
+    rejected_path: str | None = None,
 ) -> None:
     """Build one mixture per N; nothing is written unless every input validates.
 
@@ -53,6 +60,11 @@ def main(
         eval_dir: folder of upstream-style evaluation *.json to check for document leakage.
         allow_leakage: keep documents that match evaluation documents; record them in the manifest.
         overwrite: replace existing mixtures.
+        format: sft ({instruction, input, output}: the paper), dpo (pairs {instruction, input,
+            chosen, rejected} from the same sample: refusal targets get chosen = the refusal,
+            rejected = the model's answer; benign records chosen = the answer, rejected = a
+            refusal), or prompts (the refusal prompts to answer for --rejected_path).
+        rejected_path: for --format dpo: generate_answers.py's output on the prompts file.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -71,6 +83,8 @@ def main(
             eval_dir=eval_dir,
             allow_leakage=allow_leakage,
             overwrite=overwrite,
+            format=format,
+            rejected_path=rejected_path,
         )
     except UserError as e:
         sys.exit(f"error: {e}")

@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -532,3 +533,74 @@ def test_match_references():
     ]
     with pytest.raises(UserError, match=r"documents \[0\]"):
         match_references(["Unknown article."], articles, highlights)
+
+
+def fake_answers(prompts: Path, refuse_every: int = 4) -> Path:
+    """A generation output for a prompts file: every `refuse_every`-th answer a refusal."""
+    data = load(prompts)
+    outputs = [
+        REFUSALS[0] if i % refuse_every == 0 else f"Sure, here it is: {ins[:20]}"
+        for i, ins in enumerate(data["instructions"])
+    ]
+    return write(prompts.with_name("answers.json"), {**data, "outputs": outputs})
+
+
+def test_dpo_pairs_are_on_policy_deterministic_and_leakage_checked(tmp_path, pools, leaky_eval):
+    (prompts,) = build(tmp_path, pools, task="summarize", grid="4,8", format="prompts")
+    assert prompts.name == "saferpaca_Instructions_5_8_summarize.prompts.json"
+    data = load(prompts)
+    assert len(data["instructions"]) == 5 + 8  # safety + the largest N's defense prompts
+    assert len(set(data["ids"])) == 13
+    answers = fake_answers(prompts)
+    paths = build(
+        tmp_path, pools, task="summarize", grid="4,8", format="dpo", rejected_path=answers
+    )
+    assert [p.name for p in paths] == [
+        "saferpaca_Instructions_5_4_summarize.dpo.json",
+        "saferpaca_Instructions_5_8_summarize.dpo.json",
+    ]
+    pairs = load(paths[1])
+    by_prompt = dict(zip(data["instructions"], load(answers)["outputs"], strict=True))
+    kinds = Counter(p["kind"] for p in pairs)
+    manifest = json.loads(manifest_path(paths[1]).read_text())
+    counts = manifest["preference_pairs"]
+    dropped = sum(v for k, v in counts.items() if k.endswith("already_refused"))
+    assert dropped == sum(1 for i in range(13) if i % 4 == 0)  # answers that already refuse
+    assert kinds["benign"] == 20 and kinds["safety"] + kinds["defense"] == 13 - dropped
+    for p in pairs:
+        assert set(p) == {"instruction", "input", "chosen", "rejected", "kind"}
+        if p["kind"] == "benign":
+            assert p["rejected"] in REFUSALS and p["chosen"].startswith("answer")
+        else:
+            assert p["rejected"] == by_prompt[p["instruction"]]  # the model's own answer
+            assert p["chosen"] in REFUSALS or p["chosen"].startswith("no ")
+    assert manifest["format"] == "dpo" and manifest["task"] == "summarize"
+    # same inputs, same bytes
+    again = build(
+        tmp_path, pools, "again", task="summarize", grid="4,8", format="dpo", rejected_path=answers
+    )
+    assert again[1].read_bytes() == paths[1].read_bytes()
+    # the leakage check runs for pairs too
+    with pytest.raises(UserError, match="leak"):
+        build(
+            tmp_path,
+            pools,
+            "leak",
+            task="summarize",
+            num_defense=8,
+            format="dpo",
+            rejected_path=answers,
+            eval_dir=leaky_eval,
+        )
+
+
+def test_dpo_format_errors(tmp_path, pools):
+    with pytest.raises(UserError, match="--format dpo needs --rejected_path"):
+        build(tmp_path, pools, task="summarize", num_defense=4, format="dpo")
+    with pytest.raises(UserError, match="--format 'kto'"):
+        build(tmp_path, pools, task="summarize", num_defense=4, format="kto")
+    (prompts,) = build(tmp_path, pools, task="summarize", num_defense=2, format="prompts")
+    answers = fake_answers(prompts)
+    with pytest.raises(UserError, match=r"no answer for \d+ refusal prompt"):
+        build(tmp_path, pools, task="summarize", num_defense=8, format="dpo", rejected_path=answers)
+    assert not (tmp_path / "out" / "saferpaca_Instructions_5_8_summarize.dpo.json").exists()
