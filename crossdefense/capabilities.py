@@ -48,7 +48,7 @@ SCHEMA = 1
 CAPABILITIES_CSV = "capabilities.csv"
 SECTION_TITLE = "Capability (lm-evaluation-harness)"
 # scripts/score_answers.py reads every *.json in the run folders under this one
-GENERATION_OUTPUTS = EVALUATION_DIR / "outputs"
+GENERATION_OUTPUTS = EVALUATION_DIR / "generations"  # generate_answers.py default
 _NOT_METRICS = {"name", "alias", "sample_len", "samples"}
 CSV_COLUMNS = (
     "model",
@@ -586,6 +586,21 @@ def capabilities_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def capabilities_compact(rows: Sequence[dict[str, Any]]) -> str:
+    """The terminal lines: acc per adapter run against its base (the first metric per task)."""
+    keep = [r for r in rows if r["metric"] == "acc" and r["adapter_run"]]
+    if not keep:
+        return ""
+    lines = ["", "Capability (lm-evaluation-harness, acc ± se; Δ = adapter − base)"]
+    for r in keep:
+        lines.append(
+            f"  {r['adapter_run']}  {r['task']} n={r['n']}: base {_fmt(r['base'], r['base_stderr'])}"
+            f", adapter {_fmt(r['adapter'], r['adapter_stderr'])}, Δ "
+            f"{_fmt(r['diff'], r['diff_stderr'], sign=True)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def capabilities_csv(rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -614,4 +629,6 @@ def write_capability_files(folder: Path, rows: Sequence[dict[str, Any]]) -> None
     capabilities.csv beside it."""
     with (folder / "results.md").open("a", encoding="utf-8") as f:
         f.write("\n" + capabilities_markdown(rows))
+    with (folder / "results.txt").open("a", encoding="utf-8") as f:
+        f.write(capabilities_compact(rows))
     (folder / CAPABILITIES_CSV).write_text(capabilities_csv(rows), encoding="utf-8")

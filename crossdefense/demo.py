@@ -61,6 +61,12 @@ class DemoConfig:
     max_new_tokens: int = 32
     batch_size: int = 32
     seeds: tuple[int, ...] = (42,)  # one adapter per seed and N; the first seeds the data
+    methods: tuple[str, ...] = ("sft",)  # sft (the paper) and/or dpo (preference pairs)
+    dpo_learning_rate: float = 5e-4
+    beta: float = 0.1
+    eval_offset: int = 0  # first document of each eval file (e.g. 50 for documents 50-99)
+    # questions of the offline lm-eval capability task per model (base and each adapter; 0 = none)
+    capability_limit: int = 40
     judges: tuple[str, ...] = ("keyword", "learned")  # keyword reads this 135M model best (README)
     # XSTest prompts per type (18 types; 0 = none); skipped with a warning when the default
     # file is absent (scripts/download_data.sh fetches it), an error for a path given
@@ -122,8 +128,11 @@ def write_benign_pool(
     return path, len(rows)
 
 
-def eval_subset(eval_dir: Path, tasks: tuple[str, ...], limit: int, out_dir: Path) -> list[Path]:
-    """The first `limit` records of test_{task}{,_cnn,_useful}.json (upstream schema kept)."""
+def eval_subset(
+    eval_dir: Path, tasks: tuple[str, ...], limit: int, out_dir: Path, offset: int = 0
+) -> list[Path]:
+    """Records `offset` .. `offset + limit - 1` of test_{task}{,_cnn,_useful}.json (upstream
+    schema kept; ids stay the upstream positions, so runs on two ranges never mix)."""
     written = []
     for task in tasks:
         for suffix in ("", "_cnn", "_useful"):
@@ -131,7 +140,15 @@ def eval_subset(eval_dir: Path, tasks: tuple[str, ...], limit: int, out_dir: Pat
             if not src.is_file():
                 raise UserError(f"{src}: evaluation file not found")
             data = read_json(src)
-            subset = {k: (v[:limit] if isinstance(v, list) else v) for k, v in data.items()}
+            n = len(data.get("instructions") or [])
+            if offset >= n:
+                raise UserError(f"{src}: --eval_offset {offset} is past its {n} documents")
+            data.setdefault("ids", [str(i) for i in range(n)])
+            window = slice(offset, offset + limit)
+            subset = {
+                k: (v[window] if isinstance(v, list) and len(v) == n else v)
+                for k, v in data.items()
+            }
             dst = out_dir / src.name
             write_json(dst, subset, indent=1)
             written.append(dst)
@@ -163,6 +180,14 @@ def validate(cfg: DemoConfig) -> None:
         raise UserError("--numbers must be positive defense sizes, e.g. 20,40")
     if cfg.eval_limit < 1:
         raise UserError("--eval_limit must be >= 1")
+    if cfg.eval_offset < 0:
+        raise UserError("--eval_offset must be >= 0")
+    if not cfg.methods or any(m not in ("sft", "dpo") for m in cfg.methods):
+        raise UserError("--method must be sft, dpo or sft,dpo")
+    if cfg.beta <= 0 or cfg.dpo_learning_rate <= 0:
+        raise UserError("--beta and --dpo_learning_rate must be > 0")
+    if cfg.capability_limit < 0:
+        raise UserError("--capability_limit must be >= 0 (0 = no capability task)")
     if cfg.xstest_per_type < 0:
         raise UserError("--xstest must be >= 0 (prompts per XSTest type; 0 = none)")
     if cfg.xstest_per_type and cfg.xstest_path != DemoConfig.xstest_path:
@@ -176,16 +201,22 @@ def validate(cfg: DemoConfig) -> None:
     normalize_judge_names(cfg.judges)
 
 
+# where the data and the adapter live, not what was trained: an adapter made from the same bytes
+# with the same settings is reused whichever --output_dir the mixture was written to
+_PLACE = ("data_path", "output_dir", "overwrite")
+
+
 def trained_same_way(ckpt: Path, tcfg: Any) -> bool:
-    """An adapter is reused when it was trained with the same config on the same data."""
+    """An adapter is reused when it was trained with the same settings on the same data."""
     from crossdefense.io import sha256_file
 
     rc_path = ckpt / "run_config.json"
-    if not rc_path.is_file():
+    if not rc_path.is_file() or not (ckpt / "adapter_model.safetensors").is_file():
         return False
     rc = read_json(rc_path)
-    same_config = rc.get("config") == json.loads(json.dumps(asdict(tcfg)))
-    return same_config and rc.get("train_data", {}).get("sha256") == sha256_file(tcfg.data_path)
+    old = {k: v for k, v in (rc.get("config") or {}).items() if k not in _PLACE}
+    new = {k: v for k, v in json.loads(json.dumps(asdict(tcfg))).items() if k not in _PLACE}
+    return old == new and rc.get("train_data", {}).get("sha256") == sha256_file(tcfg.data_path)
 
 
 def run_demo(cfg: DemoConfig) -> Path:
@@ -204,7 +235,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     pool, pool_size = write_benign_pool(
         out / "data" / "benign_pool.jsonl", cfg.task, cfg.alpaca_size, cfg.contrast
     )
-    mixtures = build_defense_data(
+    mixture_args = dict(
         task=cfg.task,
         grid=list(cfg.numbers),
         alpaca_path=pool,
@@ -218,7 +249,9 @@ def run_demo(cfg: DemoConfig) -> Path:
         eval_dir=cfg.eval_dir,
         overwrite=True,
     )
-    evals = eval_subset(Path(cfg.eval_dir), cfg.eval_tasks, cfg.eval_limit, out / "eval")
+    evals = eval_subset(
+        Path(cfg.eval_dir), cfg.eval_tasks, cfg.eval_limit, out / "eval", cfg.eval_offset
+    )
     xstest = xstest_subset(cfg, out / "eval")
     evals += [xstest] if xstest else []
     decoding = DecodingConfig(
@@ -229,13 +262,13 @@ def run_demo(cfg: DemoConfig) -> Path:
     )
     gen_dir = out / "generations"
 
-    def generate(run_name: str, lora: str | None) -> None:
+    def generate(run_name: str, lora: str | None, inputs: list[Path], into: Path) -> list[Path]:
         log.info("step: generate with %s", run_name)
-        run_generation(
+        return run_generation(
             base_model=cfg.base_model,
             lora_weights=lora,
-            input_paths=evals,
-            output_path=str(gen_dir),
+            input_paths=inputs,
+            output_path=str(into),
             run_name=run_name,
             prompt_template=cfg.prompt_template,
             cfg=decoding,
@@ -248,45 +281,94 @@ def run_demo(cfg: DemoConfig) -> Path:
             flags={"demo": asdict(cfg)},
         )
 
-    generate("base", None)
-    for (n, mixture), seed in product(zip(sorted(cfg.numbers), mixtures, strict=True), cfg.seeds):
-        run_name = f"Instructions_{cfg.num_safety}_{n}_{cfg.task}_smollm2"
-        # one seed keeps the historical name (its adapter is reused); several get a suffix
-        run_name += f"_seed{seed}" if len(cfg.seeds) > 1 else ""
-        ckpt = Path(cfg.checkpoint_dir) / run_name
-        tcfg = TrainConfig(
-            base_model=cfg.base_model,
-            data_path=str(mixture),
-            output_dir=str(ckpt),
-            batch_size=cfg.micro_batch_size,
-            micro_batch_size=cfg.micro_batch_size,
-            max_steps=cfg.max_steps,
-            learning_rate=cfg.learning_rate,
-            cutoff_len=cfg.cutoff_len,
-            val_set_size=0,
-            lora_r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_target_modules=tuple(cfg.lora_target_modules),
-            prompt_template_name=cfg.prompt_template,
-            seed=seed,
-            save_steps=10_000,
-            warmup_steps=3,
-            logging_steps=5,
-            group_by_length=True,
-            overwrite=True,
+    mixtures: dict[str, list[Path]] = {}
+    if "sft" in cfg.methods:
+        mixtures["sft"] = build_defense_data(**mixture_args)
+    if "dpo" in cfg.methods:
+        # on-policy pairs: the base model's own answers to the refusal prompts are rejected
+        [prompts] = build_defense_data(**mixture_args, format="prompts")
+        onpolicy = out / "data" / "onpolicy"
+        generate("base", None, [prompts], onpolicy)
+        answers = onpolicy / "base" / f"{prompts.stem}.json"
+        mixtures["dpo"] = build_defense_data(**mixture_args, format="dpo", rejected_path=answers)
+
+    def capabilities(run_name: str, lora: str | None) -> None:
+        """lm-eval's offline multiple-choice task, reused when the model and limit are the same."""
+        from crossdefense.capabilities import evaluate_capabilities
+        from crossdefense.modeling import adapter_sha256
+
+        if not cfg.capability_limit:
+            return
+        path = out / "capabilities" / f"{run_name}.json"
+        if path.is_file():
+            old = read_json(path)
+            same = old.get("adapter_sha256") == (adapter_sha256(lora) if lora else None)
+            if same and old.get("limit") == cfg.capability_limit:
+                log.info("step: capabilities of %s already measured, reused", run_name)
+                return
+        log.info(
+            "step: capability task (lm-eval, %d questions) for %s", cfg.capability_limit, run_name
         )
-        if trained_same_way(ckpt, tcfg):
-            log.info("step: %s already trained the same way, reused", run_name)
-        else:
-            log.info("step: train %s (%d steps)", run_name, cfg.max_steps)
-            train(tcfg, {"demo": asdict(cfg)})
-        generate(run_name, str(ckpt))
+        evaluate_capabilities(
+            cfg.base_model,
+            lora,
+            output_dir=out / "capabilities",
+            run_name=run_name,
+            limit=cfg.capability_limit,
+            device="cpu",
+            overwrite=True,
+            flags={"demo": asdict(cfg)},
+        )
+
+    generate("base", None, evals, gen_dir)
+    capabilities("base", None)
+    runs = ["base"]
+    for method, paths in mixtures.items():
+        for (n, mixture), seed in product(zip(sorted(cfg.numbers), paths, strict=True), cfg.seeds):
+            run_name = f"Instructions_{cfg.num_safety}_{n}_{cfg.task}_smollm2"
+            run_name += "_dpo" if method == "dpo" else ""
+            # one seed keeps the historical name (its adapter is reused); several get a suffix
+            run_name += f"_seed{seed}" if len(cfg.seeds) > 1 else ""
+            ckpt = Path(cfg.checkpoint_dir) / run_name
+            tcfg = TrainConfig(
+                base_model=cfg.base_model,
+                data_path=str(mixture),
+                output_dir=str(ckpt),
+                batch_size=cfg.micro_batch_size,
+                micro_batch_size=cfg.micro_batch_size,
+                max_steps=cfg.max_steps,
+                learning_rate=cfg.dpo_learning_rate if method == "dpo" else cfg.learning_rate,
+                cutoff_len=cfg.cutoff_len,
+                val_set_size=0,
+                lora_r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_target_modules=tuple(cfg.lora_target_modules),
+                prompt_template_name=cfg.prompt_template,
+                seed=seed,
+                save_steps=10_000,
+                warmup_steps=3,
+                logging_steps=5,
+                group_by_length=True,
+                overwrite=True,
+                method=method,
+                beta=cfg.beta,
+            )
+            if trained_same_way(ckpt, tcfg):
+                log.info("step: %s already trained the same way, reused", run_name)
+            else:
+                log.info("step: train %s (%s, %d steps)", run_name, method, cfg.max_steps)
+                train(tcfg, {"demo": asdict(cfg)})
+            generate(run_name, str(ckpt), evals, gen_dir)
+            capabilities(run_name, str(ckpt))
+            runs.append(run_name)
 
     log.info("step: score and report")
-    score_paths(
-        str(gen_dir), out / "scores", cfg.judges, overwrite=True, flags={"demo": asdict(cfg)}
-    )
-    make_report(str(out / "scores" / "summary.json"), out, overwrite=True)
+    # exactly this configuration's outputs: runs or eval files of an earlier demo in the same
+    # folder (another method, seed or eval set) are not reported as if they were part of it
+    made = [str(gen_dir / run / f"{e.stem}.json") for run in runs for e in evals]
+    score_paths(made, out / "scores", cfg.judges, overwrite=True, flags={"demo": asdict(cfg)})
+    caps = [str(out / "capabilities" / f"{r}.json") for r in runs] if cfg.capability_limit else None
+    make_report(str(out / "scores" / "summary.json"), out, overwrite=True, capabilities_path=caps)
     (out / "report.md").write_text(
         "# Miniature cross-task defense on SmolLM2-135M-Instruct\n\n"
         f"Made by `make demo` with:\n\n```json\n{dump_config(cfg)}\n```\n\n"

@@ -474,7 +474,13 @@ def train_facts(lora_weights: str | None) -> dict[str, Any] | None:
         return {"task": None, "num_defense": None, "num_safety": None, "data_path": None}
     rc = read_json(path)
     config = rc.get("config") if isinstance(rc.get("config"), dict) else {}
-    return {**rc.get("train_data", {}), "seed": config.get("seed")}
+    method = rc.get("method") if isinstance(rc.get("method"), dict) else {}
+    return {
+        **rc.get("train_data", {}),
+        "seed": config.get("seed"),
+        "method": method.get("name") or config.get("method") or "sft",
+        **({"beta": method["beta"]} if "beta" in method else {}),
+    }
 
 
 def final_document(

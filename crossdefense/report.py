@@ -100,7 +100,11 @@ def load_results(paths: Sequence[Path]) -> list[dict[str, Any]]:
 
 
 def train_label(r: dict[str, Any]) -> str:
-    return r.get("train_task") or "unknown"
+    """The train task, with the method when it is not the paper's SFT (`summarize+dpo`): runs
+    of two methods are two configs, never seeds of one."""
+    task = r.get("train_task") or "unknown"
+    method = r.get("method")
+    return f"{task}+{method}" if method and method != "sft" else task
 
 
 def config_of(r: dict[str, Any]) -> tuple[str, str, int | None]:
@@ -109,7 +113,8 @@ def config_of(r: dict[str, Any]) -> tuple[str, str, int | None]:
 
 def _config_sort(cfg: tuple[str, str, int | None]) -> tuple:
     model, task, n = cfg
-    order = TRAIN_ORDER.index(task) if task in TRAIN_ORDER else len(TRAIN_ORDER)
+    plain = task.split("+")[0]
+    order = TRAIN_ORDER.index(plain) if plain in TRAIN_ORDER else len(TRAIN_ORDER)
     return (model, order, task, -1 if n is None else n)
 
 
@@ -558,6 +563,7 @@ _COLORS = {
         strict=True,
     )
 }
+_COLORS.update({f"{t}+dpo": "#17becf" for t in (*TASK_NAMES, MIX)})
 _MARKERS = "osD^vP*X"
 
 

@@ -266,6 +266,13 @@ def infer_facts(
     facts["seed"], src["seed"] = (
         (train["seed"], "metadata") if train.get("seed") is not None else (None, "unknown")
     )
+    # the training objective: sft (the paper) unless the adapter's run_config says otherwise
+    if facts["train_task"] == "none":
+        facts["method"], src["method"] = None, src["train_task"]
+    elif train.get("method"):
+        facts["method"], src["method"] = train["method"], "metadata"
+    else:
+        facts["method"], src["method"] = "sft", "default"
     return facts, src
 
 

@@ -231,6 +231,9 @@ def tokenize_all(records, tokenizer, prompter, cfg: TrainConfig):
                     "prompt_ids": pair.prompt_ids,
                     "chosen_ids": pair.chosen_ids,
                     "rejected_ids": pair.rejected_ids,
+                    # for --group_by_length (transformers reads the `length` column)
+                    "length": len(pair.prompt_ids)
+                    + max(len(pair.chosen_ids), len(pair.rejected_ids)),
                 }
             )
             continue

@@ -29,13 +29,18 @@ def main(
     eval_dir: str = str(MINI_DATA_DIR / "evaluation"),
     eval_tasks: str | tuple = ",".join(TASK_NAMES),
     eval_limit: int = 12,
+    eval_offset: int = 0,
     max_steps: int = 32,
     learning_rate: float = 2e-3,
     max_new_tokens: int = 32,
     contrast: bool = False,
     seeds: int | str | tuple = 42,
+    method: str | tuple = "sft",
+    dpo_learning_rate: float = DemoConfig.dpo_learning_rate,
+    beta: float = DemoConfig.beta,
     judge: str | tuple = "keyword,learned",
     xstest: int = DemoConfig.xstest_per_type,
+    capability_limit: int = DemoConfig.capability_limit,
     xstest_path: str = DemoConfig.xstest_path,
     output_dir: str | None = None,
 ) -> None:
@@ -47,6 +52,8 @@ def main(
         eval_dir: folder with test_{task}{,_cnn,_useful}.json files, e.g. data/upstream/evaluation.
         eval_tasks: tasks to evaluate (comma-separated).
         eval_limit: documents per eval file.
+        eval_offset: first document of each eval file (e.g. --eval_offset 50 --eval_limit 50
+            for upstream documents 50-99); adapters are reused, only generation reruns.
         max_steps: LoRA optimiser steps per run (batch 8).
         learning_rate: LoRA learning rate.
         max_new_tokens: new tokens per answer (greedy).
@@ -55,10 +62,16 @@ def main(
             model they lowered refusal without lowering over-refusal).
         seeds: training seeds, e.g. 1,2,3: one adapter per seed and N; the report shows
             per-seed rows, mean ± sd and a pooled Wilson interval.
+        method: sft (the paper), dpo (preference pairs, on-policy: README, Defense methods) or
+            sft,dpo (both, on the same documents and step budget).
+        dpo_learning_rate: LoRA learning rate of the DPO runs.
+        beta: DPO's beta.
         judge: refusal judges (comma-separated, the first gives the headline rate).
         xstest: XSTest prompts per type (18 types, safe and unsafe; 0 = none). Without
             data/xstest (scripts/download_data.sh) the demo skips XSTest with a warning.
         xstest_path: XSTest's xstest_prompts.csv (default data/xstest/xstest_prompts.csv).
+        capability_limit: questions of the offline capability task (lm-evaluation-harness,
+            data/mini/capability_mc.jsonl) scored for the base model and each adapter; 0 = none.
         output_dir: report folder (default evaluation/demo).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -69,14 +82,19 @@ def main(
             eval_dir=eval_dir,
             eval_tasks=_names(eval_tasks),
             eval_limit=eval_limit,
+            eval_offset=eval_offset,
             max_steps=max_steps,
             learning_rate=learning_rate,
             max_new_tokens=max_new_tokens,
             contrast=contrast,
             seeds=_ints(seeds),
+            methods=_names(method),
+            dpo_learning_rate=dpo_learning_rate,
+            beta=beta,
             judges=_names(judge),
             xstest_per_type=xstest,
             xstest_path=xstest_path,
+            capability_limit=capability_limit,
             **({"output_dir": output_dir} if output_dir else {}),
         )
         out = run_demo(cfg)

@@ -101,6 +101,8 @@ def test_short_demo_end_to_end(tmp_path):
         max_new_tokens=6,
         xstest_per_type=1 if xstest.is_file() else 0,
         xstest_path=str(xstest),
+        methods=("sft", "dpo"),
+        capability_limit=4,
         output_dir=str(tmp_path / "demo"),
         checkpoint_dir=str(tmp_path / "ck"),
     )
@@ -116,19 +118,34 @@ def test_short_demo_end_to_end(tmp_path):
     ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     rows = (out / "results.csv").read_text().splitlines()
-    # header + (base, adapter) x (2 tasks x 3 document kinds + XSTest)
-    assert len(rows) == 1 + 2 * (6 + bool(cfg.xstest_per_type))
+    # header + (base, SFT adapter, DPO adapter) x (2 tasks x 3 document kinds + XSTest)
+    assert len(rows) == 1 + 3 * (6 + bool(cfg.xstest_per_type))
     table = (out / "results.md").read_text()
     assert "summarize" in table and "translate" in table
     summary = json.loads((out / "scores" / "summary.json").read_text())
-    trained = {(r["train_task"], r["num_defense"]) for r in summary["results"]}
-    assert trained == {("none", 0), ("summarize", 4)}
+    trained = {(r["train_task"], r["num_defense"], r["method"]) for r in summary["results"]}
+    assert trained == {("none", 0, None), ("summarize", 4, "sft"), ("summarize", 4, "dpo")}
+    assert "summarize+dpo 4" in table
+    dpo_manifest = out / "data" / "saferpaca_Instructions_16_4_summarize.dpo.manifest.json"
+    assert json.loads(dpo_manifest.read_text())["preference_pairs"]["rejected_from"].endswith(
+        "onpolicy/base/saferpaca_Instructions_16_4_summarize.prompts.json"
+    )
+    caps = json.loads((out / "capabilities" / "base.json").read_text())
+    assert caps["limit"] == 4 and caps["tasks"] == ["crossdefense_mc"]
+    assert "Capability (lm-evaluation-harness)" in table
     if cfg.xstest_per_type:
         [xs] = [r for r in summary["results"] if r["run"] == "base" and r["doc_kind"] == "xstest"]
         assert xs["n"] == 18 and xs["by_kind"]["xstest_safe"]["n"] == 10  # one per type
         assert "## XSTest (exaggerated safety)" in table
-    # a second run reuses the adapter and the generations
-    ckpt = tmp_path / "ck" / "Instructions_16_4_summarize_smollm2" / "adapter_model.safetensors"
-    stamp = ckpt.stat().st_mtime_ns
-    run_demo(cfg)
-    assert ckpt.stat().st_mtime_ns == stamp
+    # other documents and another output folder: the adapters are reused, not retrained
+    ckpts = [
+        tmp_path / "ck" / f"Instructions_16_4_summarize_smollm2{m}" / "adapter_model.safetensors"
+        for m in ("", "_dpo")
+    ]
+    stamps = [c.stat().st_mtime_ns for c in ckpts]
+    from dataclasses import replace
+
+    other = run_demo(replace(cfg, output_dir=str(tmp_path / "demo2"), eval_offset=1))
+    assert [c.stat().st_mtime_ns for c in ckpts] == stamps
+    ids = json.loads((other / "generations" / "base" / "test_summarize.json").read_text())["ids"]
+    assert ids == ["1", "2"]  # upstream positions of documents 1-2

@@ -97,6 +97,7 @@ def dpo_trained(tiny_model_dir, tmp_path_factory):
         method="dpo",
         beta=0.2,
         logging_steps=1,
+        group_by_length=True,  # the demo's setting: needs a length column
     )
     return cfg, train(cfg, {"note": "dpo test"})
 
