@@ -63,6 +63,7 @@ class DemoConfig:
     seeds: tuple[int, ...] = (42,)  # one adapter per seed and N; the first seeds the data
     methods: tuple[str, ...] = ("sft",)  # sft (the paper) and/or dpo (preference pairs)
     dpo_learning_rate: float = 5e-4
+    dpo_micro_batch_size: int = 4  # pairs per step: 8 sequences, as many as an SFT step
     beta: float = 0.1
     eval_offset: int = 0  # first document of each eval file (e.g. 50 for documents 50-99)
     # questions of the offline lm-eval capability task per model (base and each adapter; 0 = none)
@@ -330,12 +331,13 @@ def run_demo(cfg: DemoConfig) -> Path:
             # one seed keeps the historical name (its adapter is reused); several get a suffix
             run_name += f"_seed{seed}" if len(cfg.seeds) > 1 else ""
             ckpt = Path(cfg.checkpoint_dir) / run_name
+            batch = cfg.dpo_micro_batch_size if method == "dpo" else cfg.micro_batch_size
             tcfg = TrainConfig(
                 base_model=cfg.base_model,
                 data_path=str(mixture),
                 output_dir=str(ckpt),
-                batch_size=cfg.micro_batch_size,
-                micro_batch_size=cfg.micro_batch_size,
+                batch_size=batch,
+                micro_batch_size=batch,
                 max_steps=cfg.max_steps,
                 learning_rate=cfg.dpo_learning_rate if method == "dpo" else cfg.learning_rate,
                 cutoff_len=cfg.cutoff_len,

@@ -412,7 +412,7 @@ def load_lora_model(cfg: TrainConfig) -> tuple[Any, str | None]:
     return model, resume
 
 
-def training_arguments(cfg: TrainConfig, has_validation: bool) -> Any:
+def training_arguments(cfg: TrainConfig, has_validation: bool, n_train: int = 0) -> Any:
     """transformers' TrainingArguments (sft) or TRL's DPOConfig (dpo) from the same flags."""
     import torch
 
@@ -459,9 +459,18 @@ def training_arguments(cfg: TrainConfig, has_validation: bool) -> Any:
         beta=cfg.beta,
         loss_type=["sigmoid"],  # the DPO loss of Rafailov et al. (2023)
         max_length=None,  # pairs are already cut to --cutoff_len, document first (data.py)
-        precompute_ref_log_probs=False,
+        # the reference's log-probs once per pair before training instead of a forward every
+        # step: cheaper when the run sees each pair at least twice
+        precompute_ref_log_probs=passes(cfg, n_train) >= 2,
         dataset_num_proc=None,
     )
+
+
+def passes(cfg: TrainConfig, n_train: int) -> float:
+    """How many times the run sees each training example."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps * cfg.batch_size / max(n_train, 1)
+    return float(cfg.num_epochs)
 
 
 def dpo_trainer_class():
@@ -478,7 +487,7 @@ def dpo_trainer_class():
 
 
 def make_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, train_rows: list, val_rows: list):
-    args = training_arguments(cfg, bool(val_rows))
+    args = training_arguments(cfg, bool(val_rows), len(train_rows))
     if cfg.method == "dpo":
         from datasets import Dataset
 

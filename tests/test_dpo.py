@@ -180,3 +180,23 @@ def test_dpo_cli_errors(tiny_model_dir, tmp_path):
         assert line in res.stderr.strip().splitlines()[-1]
         assert "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_reference_log_probs_are_precomputed_when_pairs_repeat(tiny_model_dir, tmp_path):
+    from crossdefense.training import training_arguments
+
+    cfg = TrainConfig(
+        base_model=str(tiny_model_dir),
+        data_path=pairs_file(tmp_path / "pairs.json", n=4),
+        output_dir=str(tmp_path / "ckpt"),
+        batch_size=4,
+        micro_batch_size=2,
+        max_steps=2,  # 8 pairs seen of 4: twice each
+        val_set_size=0,
+        method="dpo",
+    )
+    assert training_arguments(cfg, False, n_train=4).precompute_ref_log_probs
+    assert not training_arguments(cfg, False, n_train=16).precompute_ref_log_probs
+    result = train(cfg)
+    moved = [p for n, p in result.model.named_parameters() if ".lora_B.default." in n]
+    assert moved and all(p.abs().sum() > 0 for p in moved)
