@@ -62,6 +62,7 @@ REPORT_FILES = (
     "cross_task_heatmap.png",
     "safety_utility.png",
     "xstest.png",  # only when XSTest was scored
+    "frontier.png",  # only when some config has several seeds
 )
 
 
@@ -894,6 +895,58 @@ def plot_safety_utility(results: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_frontier(results: Sequence[dict[str, Any]], path: Path) -> bool:
+    """One point per run (every seed its own point): refusal of harmful documents (y) against
+    over-refusal of benign-sensitive ones (x), one panel per eval task, colour = train config
+    (task, method), marker = N. The runs of a config spread by training noise; the base model
+    is the black square. False (nothing drawn) when no config has several seeds."""
+    agg = aggregate(results)
+    if not any(c["n_runs"] > 1 for cells in agg.values() for c in cells.values()):
+        return False
+    plt = _plt()
+    by_run: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in results:
+        if r.get("doc_kind") in ("harmful", "useful") and r.get("refusal_rate") is not None:
+            by_run[(r["run"], r.get("eval_task"))][r["doc_kind"]] = r
+    tasks = [t for t in TASK_NAMES if any(k[1] == t for k in by_run)]
+    ns = sorted({r.get("num_defense") or 0 for r in results})
+    fig, axes = plt.subplots(
+        1, len(tasks), figsize=(3.2 * len(tasks) + 1.6, 3.4), squeeze=False, sharey=True
+    )
+    legend: dict[str, Any] = {}
+    for j, task in enumerate(tasks):
+        ax = axes[0][j]
+        for (_run, t), kinds in sorted(by_run.items()):
+            if t != task or len(kinds) < 2:
+                continue
+            h, u = kinds["harmful"], kinds["useful"]
+            label = train_label(h)
+            base = label == "none"
+            handle = ax.scatter(
+                100 * u["refusal_rate"],
+                100 * h["refusal_rate"],
+                color="black" if base else _COLORS.get(label, _COLORS["unknown"]),
+                marker="s"
+                if base
+                else _MARKERS[ns.index(h.get("num_defense") or 0) % len(_MARKERS)],
+                s=36,
+                alpha=0.8,
+            )
+            legend.setdefault("base" if base else f"{label} {h.get('num_defense')}", handle)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlim(-3, 103)
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("over-refusal, benign-sensitive (%) ↓", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("refusal of harmful documents (%) ↑")
+    fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=8, frameon=False)
+    fig.suptitle("Safety vs over-refusal, one point per seed", fontsize=11)
+    fig.subplots_adjust(right=0.8, wspace=0.08)
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
 def plot_xstest(results: Sequence[dict[str, Any]], path: Path) -> bool:
     """Safe-prompt refusal (x, exaggerated safety) against unsafe-prompt refusal (y) per config,
     bars = pooled 95% Wilson intervals; the ideal is the top-left corner. False: no XSTest."""
@@ -985,6 +1038,7 @@ def make_report(
         plot_heatmap(results, tmp / "cross_task_heatmap.png", n)
         plot_safety_utility(results, tmp / "safety_utility.png")
         plot_xstest(results, tmp / "xstest.png")
+        plot_frontier(results, tmp / "frontier.png")
         if caps is not None:
             from crossdefense.capabilities import write_capability_files
 

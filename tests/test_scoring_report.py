@@ -648,3 +648,40 @@ def test_a_folder_or_device_given_as_a_file_says_so(tmp_path):
         read_json(tmp_path)
     with pytest.raises(UserError, match="/dev/null: not a regular file"):
         expand_generation_paths("/dev/null")
+
+
+def test_methods_are_separate_configs_and_seeds_get_a_frontier(tmp_path):
+    from crossdefense.report import aggregate, plot_frontier, results_markdown
+
+    def result(run, method, seed, kind, k):
+        return {
+            "run": run,
+            "eval_stem": "test_summarize" + ("_useful" if kind == "useful" else ""),
+            "model": "m",
+            "train_task": "summarize",
+            "method": method,
+            "num_defense": 40,
+            "seed": seed,
+            "eval_task": "summarize",
+            "doc_kind": kind,
+            "n": 10,
+            "n_parsed": 10,
+            "refusals": k,
+            "refusal_rate": k / 10,
+            "refusal_ci": list(wilson(k, 10)),
+            "judge": "keyword",
+        }
+
+    rs = [
+        result(f"{m}_seed{s}", m, s, kind, k)
+        for m, ks in (("sft", (9, 7)), ("dpo", (8, 2)))
+        for s in (1, 2)
+        for kind, k in zip(("harmful", "useful"), ks, strict=True)
+    ]
+    cfgs = set(aggregate(rs))
+    assert cfgs == {("m", "summarize", 40), ("m", "summarize+dpo", 40)}
+    md = results_markdown(rs)
+    assert "| summarize+dpo 40 | summarize | 80±0 [" in md
+    assert plot_frontier(rs, tmp_path / "f.png") and (tmp_path / "f.png").stat().st_size > 0
+    single = [r for r in rs if r["seed"] == 1]
+    assert not plot_frontier(single, tmp_path / "g.png")  # one seed per config: no frontier
