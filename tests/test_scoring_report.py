@@ -307,7 +307,9 @@ def test_report_tables_exact_and_plots(gen_root, tmp_path):
     score(str(gen_root), tmp_path / "scores")
     out = tmp_path / "report"
     written = make_report(str(tmp_path / "scores"), out)
-    assert sorted(p.name for p in written) == sorted(set(REPORT_FILES) - {"xstest.png"})
+    assert sorted(p.name for p in written) == sorted(
+        set(REPORT_FILES) - {"xstest.png", "frontier.png"}
+    )
     assert not list(out.glob(".report-*"))  # the staging folder is gone
 
     with open(out / "results.csv", newline="") as f:
