@@ -203,8 +203,10 @@ def test_summary_has_exact_rates_and_inferred_facts(gen_root, tmp_path):
         "num_defense": "run name",
         "num_safety": "run name",
         "seed": "unknown",
+        "method": "default",  # an adapter without a run_config: the paper's SFT
         "ids": "position",
     }
+    assert old["method"] == "sft"
     base = results[("base", "test_summarize")]
     assert (base["train_task"], base["num_defense"]) == ("none", 0)
     assert base["inferred_from"]["train_task"] == "metadata (no adapter)"
