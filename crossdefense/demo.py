@@ -62,9 +62,14 @@ class DemoConfig:
     batch_size: int = 32
     seeds: tuple[int, ...] = (42,)  # one adapter per seed and N; the first seeds the data
     methods: tuple[str, ...] = ("sft",)  # sft (the paper) and/or dpo (preference pairs)
-    dpo_learning_rate: float = 5e-4
+    dpo_learning_rate: float = 2e-3
     dpo_micro_batch_size: int = 4  # pairs per step: 8 sequences, as many as an SFT step
+    # dpo starts from: "base" (a fresh LoRA, reference = base model) or "sft" (each SFT
+    # adapter, its own reference; pairs on-policy from that adapter; needs --method sft,dpo)
+    dpo_init: str = "base"
+    dpo_steps: int = 0  # 0 = --max_steps
     beta: float = 0.1
+    sft_weight: float = 1.0  # DPO + NLL of the chosen response (pure DPO barely moved: README)
     eval_offset: int = 0  # first document of each eval file (e.g. 50 for documents 50-99)
     # questions of the offline lm-eval capability task per model (base and each adapter; 0 = none)
     capability_limit: int = 40
@@ -185,8 +190,12 @@ def validate(cfg: DemoConfig) -> None:
         raise UserError("--eval_offset must be >= 0")
     if not cfg.methods or any(m not in ("sft", "dpo") for m in cfg.methods):
         raise UserError("--method must be sft, dpo or sft,dpo")
-    if cfg.beta <= 0 or cfg.dpo_learning_rate <= 0:
-        raise UserError("--beta and --dpo_learning_rate must be > 0")
+    if cfg.dpo_init not in ("base", "sft") or (cfg.dpo_init == "sft" and "sft" not in cfg.methods):
+        raise UserError("--dpo_init must be base, or sft together with --method sft,dpo")
+    if cfg.dpo_steps < 0:
+        raise UserError("--dpo_steps must be >= 0 (0 = --max_steps)")
+    if cfg.beta <= 0 or cfg.dpo_learning_rate <= 0 or cfg.sft_weight < 0:
+        raise UserError("--beta and --dpo_learning_rate must be > 0, --sft_weight >= 0")
     if cfg.capability_limit < 0:
         raise UserError("--capability_limit must be >= 0 (0 = no capability task)")
     if cfg.xstest_per_type < 0:
@@ -282,17 +291,6 @@ def run_demo(cfg: DemoConfig) -> Path:
             flags={"demo": asdict(cfg)},
         )
 
-    mixtures: dict[str, list[Path]] = {}
-    if "sft" in cfg.methods:
-        mixtures["sft"] = build_defense_data(**mixture_args)
-    if "dpo" in cfg.methods:
-        # on-policy pairs: the base model's own answers to the refusal prompts are rejected
-        [prompts] = build_defense_data(**mixture_args, format="prompts")
-        onpolicy = out / "data" / "onpolicy"
-        generate("base", None, [prompts], onpolicy)
-        answers = onpolicy / "base" / f"{prompts.stem}.json"
-        mixtures["dpo"] = build_defense_data(**mixture_args, format="dpo", rejected_path=answers)
-
     def capabilities(run_name: str, lora: str | None) -> None:
         """lm-eval's offline multiple-choice task, reused when the model and limit are the same."""
         from crossdefense.capabilities import evaluate_capabilities
@@ -321,48 +319,76 @@ def run_demo(cfg: DemoConfig) -> Path:
             flags={"demo": asdict(cfg)},
         )
 
+    def train_one(method: str, n: int, seed: int, mixture: Path, init: Path | None) -> str:
+        """Train (or reuse) one adapter, generate and measure with it; returns its run name."""
+        run_name = f"Instructions_{cfg.num_safety}_{n}_{cfg.task}_smollm2"
+        run_name += {"sft": "", "dpo": "_dpo"}[method] + ("_from_sft" if init else "")
+        # one seed keeps the historical name (its adapter is reused); several get a suffix
+        run_name += f"_seed{seed}" if len(cfg.seeds) > 1 else ""
+        ckpt = Path(cfg.checkpoint_dir) / run_name
+        batch = cfg.dpo_micro_batch_size if method == "dpo" else cfg.micro_batch_size
+        steps = (cfg.dpo_steps or cfg.max_steps) if method == "dpo" else cfg.max_steps
+        tcfg = TrainConfig(
+            base_model=cfg.base_model,
+            data_path=str(mixture),
+            output_dir=str(ckpt),
+            batch_size=batch,
+            micro_batch_size=batch,
+            max_steps=steps,
+            learning_rate=cfg.dpo_learning_rate if method == "dpo" else cfg.learning_rate,
+            cutoff_len=cfg.cutoff_len,
+            val_set_size=0,
+            lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_target_modules=tuple(cfg.lora_target_modules),
+            prompt_template_name=cfg.prompt_template,
+            seed=seed,
+            save_steps=10_000,
+            warmup_steps=3,
+            logging_steps=5,
+            group_by_length=True,
+            overwrite=True,
+            method=method,
+            beta=cfg.beta,
+            sft_weight=cfg.sft_weight,
+            resume_from_checkpoint=str(init) if init else None,
+        )
+        if trained_same_way(ckpt, tcfg):
+            log.info("step: %s already trained the same way, reused", run_name)
+        else:
+            log.info("step: train %s (%s, %d steps)", run_name, method, steps)
+            train(tcfg, {"demo": asdict(cfg)})
+        generate(run_name, str(ckpt), evals, gen_dir)
+        capabilities(run_name, str(ckpt))
+        return run_name
+
+    def dpo_pairs(policy_run: str, lora: str | None, into: Path) -> list[Path]:
+        """On-policy pairs: the policy's own answers to the refusal prompts are rejected."""
+        [prompts] = build_defense_data(**{**mixture_args, "output_dir": into}, format="prompts")
+        onpolicy = out / "data" / "onpolicy"
+        generate(policy_run, lora, [prompts], onpolicy)
+        answers = onpolicy / policy_run / f"{prompts.stem}.json"
+        return build_defense_data(
+            **{**mixture_args, "output_dir": into}, format="dpo", rejected_path=answers
+        )
+
     generate("base", None, evals, gen_dir)
     capabilities("base", None)
     runs = ["base"]
-    for method, paths in mixtures.items():
-        for (n, mixture), seed in product(zip(sorted(cfg.numbers), paths, strict=True), cfg.seeds):
-            run_name = f"Instructions_{cfg.num_safety}_{n}_{cfg.task}_smollm2"
-            run_name += "_dpo" if method == "dpo" else ""
-            # one seed keeps the historical name (its adapter is reused); several get a suffix
-            run_name += f"_seed{seed}" if len(cfg.seeds) > 1 else ""
-            ckpt = Path(cfg.checkpoint_dir) / run_name
-            batch = cfg.dpo_micro_batch_size if method == "dpo" else cfg.micro_batch_size
-            tcfg = TrainConfig(
-                base_model=cfg.base_model,
-                data_path=str(mixture),
-                output_dir=str(ckpt),
-                batch_size=batch,
-                micro_batch_size=batch,
-                max_steps=cfg.max_steps,
-                learning_rate=cfg.dpo_learning_rate if method == "dpo" else cfg.learning_rate,
-                cutoff_len=cfg.cutoff_len,
-                val_set_size=0,
-                lora_r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_target_modules=tuple(cfg.lora_target_modules),
-                prompt_template_name=cfg.prompt_template,
-                seed=seed,
-                save_steps=10_000,
-                warmup_steps=3,
-                logging_steps=5,
-                group_by_length=True,
-                overwrite=True,
-                method=method,
-                beta=cfg.beta,
-            )
-            if trained_same_way(ckpt, tcfg):
-                log.info("step: %s already trained the same way, reused", run_name)
-            else:
-                log.info("step: train %s (%s, %d steps)", run_name, method, cfg.max_steps)
-                train(tcfg, {"demo": asdict(cfg)})
-            generate(run_name, str(ckpt), evals, gen_dir)
-            capabilities(run_name, str(ckpt))
-            runs.append(run_name)
+    grid = sorted(cfg.numbers)
+    if "sft" in cfg.methods:
+        sft_paths = build_defense_data(**mixture_args)
+        for (n, mixture), seed in product(zip(grid, sft_paths, strict=True), cfg.seeds):
+            runs.append(train_one("sft", n, seed, mixture, None))
+            if "dpo" in cfg.methods and cfg.dpo_init == "sft":
+                sft_run = runs[-1]
+                ckpt = Path(cfg.checkpoint_dir) / sft_run
+                pairs = dpo_pairs(sft_run, str(ckpt), out / "data" / f"dpo_from_{sft_run}")
+                runs.append(train_one("dpo", n, seed, pairs[grid.index(n)], ckpt))
+    if "dpo" in cfg.methods and cfg.dpo_init == "base":
+        dpo_paths = dpo_pairs("base", None, out / "data")
+        for (n, mixture), seed in product(zip(grid, dpo_paths, strict=True), cfg.seeds):
+            runs.append(train_one("dpo", n, seed, mixture, None))
 
     log.info("step: score and report")
     # exactly this configuration's outputs: runs or eval files of an earlier demo in the same

@@ -478,7 +478,11 @@ def train_facts(lora_weights: str | None) -> dict[str, Any] | None:
     return {
         **rc.get("train_data", {}),
         "seed": config.get("seed"),
-        "method": method.get("name") or config.get("method") or "sft",
+        # DPO started from an adapter (the SFT one) is its own method: sft+dpo
+        "method": ("sft+dpo" if method.get("name") == "dpo" and method.get("init") else None)
+        or method.get("name")
+        or config.get("method")
+        or "sft",
         **({"beta": method["beta"]} if "beta" in method else {}),
     }
 

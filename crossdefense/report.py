@@ -565,6 +565,7 @@ _COLORS = {
     )
 }
 _COLORS.update({f"{t}+dpo": "#17becf" for t in (*TASK_NAMES, MIX)})
+_COLORS.update({f"{t}+sft+dpo": "#e377c2" for t in (*TASK_NAMES, MIX)})
 _MARKERS = "osD^vP*X"
 
 

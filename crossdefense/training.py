@@ -72,6 +72,7 @@ class TrainConfig:
     overwrite: bool = False
     method: str = "sft"  # sft (the paper) or dpo (preference pairs)
     beta: float = 0.1  # DPO: strength of the pull towards the reference model
+    sft_weight: float = 0.0  # DPO: + this x the NLL of the chosen response (RPO); 0 = pure DPO
 
 
 def normalise_modules(value: Any) -> tuple[str, ...]:
@@ -122,6 +123,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
     checks = (
         (_number(cfg.beta) and cfg.beta > 0, "--beta must be > 0"),
+        (_number(cfg.sft_weight) and cfg.sft_weight >= 0, "--sft_weight must be >= 0"),
         (_number(cfg.learning_rate) and cfg.learning_rate > 0, "--learning_rate must be > 0"),
         (
             _number(cfg.lora_r) and cfg.lora_r >= 1 and cfg.lora_r == int(cfg.lora_r),
@@ -457,7 +459,10 @@ def training_arguments(cfg: TrainConfig, has_validation: bool, n_train: int = 0)
     return DPOConfig(
         **common,
         beta=cfg.beta,
-        loss_type=["sigmoid"],  # the DPO loss of Rafailov et al. (2023)
+        # the DPO loss of Rafailov et al. (2023), plus the chosen response's NLL when asked
+        # (RPO, Pang et al. 2024: DPO alone lowers both sides' likelihood)
+        loss_type=["sigmoid", "sft"] if cfg.sft_weight else ["sigmoid"],
+        loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None,
         max_length=None,  # pairs are already cut to --cutoff_len, document first (data.py)
         # the reference's log-probs once per pair before training instead of a forward every
         # step: cheaper when the run sees each pair at least twice
@@ -555,8 +560,11 @@ def method_facts(cfg: TrainConfig) -> dict[str, Any]:
 
     return {
         "name": "dpo",
-        "loss": "sigmoid (DPO)",
+        "loss": "sigmoid (DPO)" + (f" + {cfg.sft_weight} x NLL(chosen)" if cfg.sft_weight else ""),
         "beta": cfg.beta,
+        "sft_weight": cfg.sft_weight,
+        # DPO that starts from an adapter (e.g. an SFT one) has that adapter as its reference
+        "init": cfg.resume_from_checkpoint,
         "reference": "the LoRA's starting weights, frozen (the base model for a fresh LoRA)",
         "trl": trl.__version__,
     }

@@ -38,6 +38,9 @@ def main(
     method: str | tuple = "sft",
     dpo_learning_rate: float = DemoConfig.dpo_learning_rate,
     beta: float = DemoConfig.beta,
+    sft_weight: float = DemoConfig.sft_weight,
+    dpo_init: str = DemoConfig.dpo_init,
+    dpo_steps: int = DemoConfig.dpo_steps,
     judge: str | tuple = "keyword,learned",
     xstest: int = DemoConfig.xstest_per_type,
     capability_limit: int = DemoConfig.capability_limit,
@@ -66,6 +69,10 @@ def main(
             sft,dpo (both, on the same documents and step budget).
         dpo_learning_rate: LoRA learning rate of the DPO runs.
         beta: DPO's beta.
+        sft_weight: DPO runs: weight of the chosen response's NLL added to the DPO loss.
+        dpo_init: base (DPO from a fresh LoRA, reference = the base model) or sft (DPO from
+            each SFT adapter, which is also its reference; pairs on-policy from that adapter).
+        dpo_steps: optimiser steps of the DPO runs (0 = --max_steps).
         judge: refusal judges (comma-separated, the first gives the headline rate).
         xstest: XSTest prompts per type (18 types, safe and unsafe; 0 = none). Without
             data/xstest (scripts/download_data.sh) the demo skips XSTest with a warning.
@@ -91,6 +98,9 @@ def main(
             methods=_names(method),
             dpo_learning_rate=dpo_learning_rate,
             beta=beta,
+            sft_weight=sft_weight,
+            dpo_init=dpo_init,
+            dpo_steps=dpo_steps,
             judges=_names(judge),
             xstest_per_type=xstest,
             xstest_path=xstest_path,

@@ -200,3 +200,20 @@ def test_reference_log_probs_are_precomputed_when_pairs_repeat(tiny_model_dir, t
     result = train(cfg)
     moved = [p for n, p in result.model.named_parameters() if ".lora_B.default." in n]
     assert moved and all(p.abs().sum() > 0 for p in moved)
+
+
+def test_sft_weight_adds_the_chosen_nll_to_the_dpo_loss(tiny_model_dir, tmp_path):
+    from crossdefense.training import method_facts, training_arguments
+
+    cfg = TrainConfig(
+        base_model=str(tiny_model_dir),
+        data_path="x.json",
+        output_dir=str(tmp_path / "o"),
+        method="dpo",
+        sft_weight=0.5,
+    )
+    args = training_arguments(cfg, False, n_train=100)
+    assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 0.5]
+    assert method_facts(cfg)["loss"] == "sigmoid (DPO) + 0.5 x NLL(chosen)"
+    plain = training_arguments(TrainConfig(**{**vars(cfg), "sft_weight": 0.0}), False, 100)
+    assert plain.loss_type == ["sigmoid"]

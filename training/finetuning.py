@@ -50,6 +50,7 @@ def main(
     overwrite: bool = False,
     method: str = "sft",
     beta: float = 0.1,
+    sft_weight: float = 0.0,
 ) -> None:
     """Train a LoRA adapter; writes adapter (safetensors), run_config.json and the template.
 
@@ -96,6 +97,8 @@ def main(
             or the adapter given to --resume_from_checkpoint).
         beta: DPO's beta: how strongly the policy is kept near the reference (0.1 is TRL's
             default; higher = closer).
+        sft_weight: DPO only: add this times the NLL of the chosen response to the loss (RPO,
+            Pang et al. 2024); 0 (default) is plain DPO.
     """
     flags = dict(locals())
     from crossdefense.training import TrainConfig, is_main_process, normalise_modules, train
