@@ -287,12 +287,16 @@ def _check_batch_size(batch_size: int | str) -> int | str:
 
 
 def _device_dtype(device: str | None) -> tuple[str, str]:
+    import re
+
     import torch
 
     from crossdefense.modeling import device_and_dtype
 
     best, dtype = device_and_dtype()
     device = device or best
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise UserError(f"--device {device!r}: expected cpu, mps, cuda or cuda:N")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {device}: CUDA is not available here (use --device cpu)")
@@ -458,6 +462,9 @@ def load_capabilities(paths: Sequence[Path]) -> list[dict[str, Any]]:
             )
         if not isinstance(doc.get("metrics"), list) or not doc.get("base_model"):
             raise UserError(f"{path}: lacks metrics or base_model")
+        for i, m in enumerate(doc["metrics"]):
+            if not isinstance(m, dict) or not {"task", "metric", "value"} <= set(m):
+                raise UserError(f"{path}: metrics[{i}] is not an object with task, metric, value")
         runs.append({**doc, "path": str(path)})
     return runs
 

@@ -162,6 +162,10 @@ def read_eval_records(path: str | Path) -> list[Record]:
         for key, values in (("instructions", instructions), ("inputs", inputs), ("ids", ids)):
             if not isinstance(values, list):
                 raise UserError(f"{path}: {key!r} must be a list")
+        if refs is not None and (
+            not isinstance(refs, list) or not all(r is None or isinstance(r, str) for r in refs)
+        ):
+            raise UserError(f"{path}: 'references' must be a list of strings (or nulls)")
         if not instructions:
             raise UserError(f"{path}: no records")
         if inputs and len(inputs) != len(instructions):
@@ -228,6 +232,8 @@ def read_eval_records(path: str | Path) -> list[Record]:
                     category=category,
                 )
             )
+        if len({r.id for r in records}) != len(records):
+            raise UserError(f"{path}: duplicate ids")
         return records
 
 

@@ -188,6 +188,13 @@ def validate(cfg: DemoConfig) -> None:
         raise UserError("--eval_limit must be >= 1")
     if cfg.eval_offset < 0:
         raise UserError("--eval_offset must be >= 0")
+    if cfg.max_steps < 1 or cfg.learning_rate <= 0 or cfg.max_new_tokens < 1:
+        raise UserError("--max_steps and --max_new_tokens must be >= 1, --learning_rate > 0")
+    for t in cfg.eval_tasks:
+        for suffix in ("", "_cnn", "_useful"):
+            src = Path(cfg.eval_dir) / f"test_{t}{suffix}.json"
+            if not src.is_file():
+                raise UserError(f"{src}: evaluation file not found (--eval_dir)")
     if not cfg.methods or any(m not in ("sft", "dpo") for m in cfg.methods):
         raise UserError("--method must be sft, dpo or sft,dpo")
     if cfg.dpo_init not in ("base", "sft") or (cfg.dpo_init == "sft" and "sft" not in cfg.methods):

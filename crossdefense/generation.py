@@ -563,6 +563,21 @@ def run_generation(
     out_root = Path(output_path)
     if out_root.exists() and not out_root.is_dir():
         raise UserError(f"--output_path {out_root}: exists and is not a directory")
+    if (out_root / run_name).is_symlink():
+        raise UserError(
+            f"{out_root / run_name}: the run folder is a symbolic link; outputs are written "
+            "only inside --output_path"
+        )
+    if batch_size < 1:
+        raise UserError("--batch_size must be >= 1")
+    stems: dict[str, Path] = {}
+    for path in input_paths:
+        if Path(path).stem in stems:
+            raise UserError(
+                f"{stems[Path(path).stem]} and {path} have the same name: their outputs would "
+                "overwrite each other; rename one"
+            )
+        stems[Path(path).stem] = Path(path)
     modeling.check_quantization(load_8bit, load_4bit)
     modeling.check_base_model(base_model)
     if lora_weights:
@@ -578,6 +593,9 @@ def run_generation(
         prompter = load_prompter("alpaca")
     settings = {
         "base_model": base_model,
+        # a local base model's weight files (names, sizes, modification times): weights
+        # replaced in place invalidate old outputs, as a retrained adapter does
+        "base_model_files": modeling.model_files_signature(base_model),
         "lora_weights": lora_weights,
         # the adapter's bytes, not just its path: a retrained adapter invalidates old outputs
         "adapter_sha256": modeling.adapter_sha256(lora_weights) if lora_weights else None,

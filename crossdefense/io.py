@@ -244,6 +244,8 @@ def live_writer(directory: str | Path) -> dict[str, Any] | None:
             holder = json.loads(path.read_text(encoding="utf-8") or "{}")
         except (OSError, json.JSONDecodeError):
             continue
+        if not isinstance(holder, dict):
+            continue
         pid, host = holder.get("pid"), holder.get("host")
         if not isinstance(pid, int):
             continue
@@ -274,6 +276,7 @@ def output_lock(directory: str | Path, what: str = "run", name: str = LOCK_FILE)
                 holder = json.loads(path.read_text(encoding="utf-8") or "{}")
             except (OSError, json.JSONDecodeError):
                 holder = {}
+            holder = holder if isinstance(holder, dict) else {}
             pid, host = holder.get("pid"), holder.get("host")
             # an empty lock: its writer died between creating and filling it (a microsecond)
             dead = host is None and pid is None

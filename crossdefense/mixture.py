@@ -519,7 +519,11 @@ def build_defense_data(
     if format == "prompts":
         names = {max(ns): names[max(ns)]}  # the largest N's prompts cover every smaller N
     targets = {n: out_dir / name for n, name in names.items()}
+    inputs = [alpaca_path, safety_path, documents_path, refusals_path, rejected_path]
+    given = {Path(p).resolve() for p in inputs if p is not None and Path(p).exists()}
     for path in targets.values():
+        if {path.resolve(), manifest_path(path).resolve()} & given:
+            raise UserError(f"{path}: is also an input of this build; choose another --output_dir")
         for p in (path, manifest_path(path)):
             if p.exists() and not overwrite:
                 raise UserError(f"{p}: already exists (pass --overwrite to replace it)")
@@ -625,6 +629,10 @@ def load_rejected(path: str | Path) -> dict[tuple[str, str], str]:
     inputs = data.get("inputs") or [""] * len(outputs)
     if not isinstance(instructions, list) or not len(instructions) == len(inputs) == len(outputs):
         raise UserError(f"{path}: 'instructions', 'inputs' and 'outputs' differ in length")
+    for key, values in (("instructions", instructions), ("inputs", inputs), ("outputs", outputs)):
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise UserError(f"{path}: {key}[{bad}] is not a string")
     return {(i, x): o for i, x, o in zip(instructions, inputs, outputs, strict=True)}
 
 

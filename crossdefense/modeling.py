@@ -50,6 +50,20 @@ def check_adapter_dir(path: str) -> None:
         )
 
 
+def model_files_signature(name: str) -> list[list] | None:
+    """(name, size, mtime) of a local model folder's weight and config files; None for a hub
+    id (its revision is fixed by the hub cache)."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return None
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".model", ".gguf")
+    )
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
 def adapter_sha256(path: str) -> str:
     from crossdefense.io import sha256_file
 

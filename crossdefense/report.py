@@ -82,6 +82,8 @@ def load_results(paths: Sequence[Path]) -> list[dict[str, Any]]:
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
             raise UserError(f"{path}: not a summary.json (no 'results' list)")
         for i, r in enumerate(data["results"]):
+            if not isinstance(r, dict):
+                raise UserError(f"{path}: results[{i}] is not an object")
             missing = [k for k in ("run", "eval_stem", "model", "refusal_rate") if k not in r]
             if missing:
                 raise UserError(f"{path}: results[{i}] lacks {', '.join(missing)}")

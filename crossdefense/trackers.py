@@ -72,6 +72,15 @@ def check_trackers(
     """
     names = parse_trackers(report_to)
     unknown = [n for n in names if n not in TRACKERS]
+    if unknown and allow_other:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        known = sorted({*INTEGRATION_TO_CALLBACK, "all"})
+        bad = [n for n in unknown if n not in known]
+        if bad:
+            raise UserError(
+                f"--report_to: unknown tracker {bad[0]!r}; transformers knows: {', '.join(known)}"
+            )
     if unknown and not allow_other:
         raise UserError(
             f"--report_to: unknown tracker {unknown[0]!r}; choose none or one or more "
@@ -266,6 +275,8 @@ def log_wandb(
             name=run_name or os.environ.get("WANDB_NAME") or default_run_name(output_dir),
             job_type="scoring",
             config=dict(config or {}),
+            # beside the scores unless WANDB_DIR says otherwise, never in the current folder
+            dir=os.environ.get("WANDB_DIR") or str(output_dir),
         )
     except Exception as e:  # no login, no network, a bad setting: wandb raises many types
         raise UserError(

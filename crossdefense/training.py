@@ -147,6 +147,7 @@ def validate(cfg: TrainConfig) -> None:
             "--num_epochs must be > 0",
         ),
         (_number(cfg.warmup_steps) and cfg.warmup_steps >= 0, "--warmup_steps must be >= 0"),
+        (_number(cfg.logging_steps) and cfg.logging_steps >= 1, "--logging_steps must be >= 1"),
         (_number(cfg.save_steps) and cfg.save_steps >= 1, "--save_steps must be >= 1"),
     )
     for ok, message in checks:

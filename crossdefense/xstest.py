@@ -36,7 +36,7 @@ def read_prompts(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     check_file(path, "CSV file")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
             reader = csv.DictReader(f)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:

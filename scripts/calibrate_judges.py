@@ -52,10 +52,14 @@ def main(
     try:
         if labels_path is None and xstest_dir is None:
             raise UserError("give --labels_path and/or --xstest_dir")
+        if output_path and Path(output_path).is_dir():
+            raise UserError(f"--output_path {output_path}: is a directory; give a file name")
         if output_path and Path(output_path).exists() and not overwrite:
             raise UserError(f"{output_path}: exists; pass --overwrite to replace it")
         sources = []
         paths = [labels_path] if isinstance(labels_path, str) else list(labels_path or ())
+        if output_path and any(Path(output_path).resolve() == Path(p).resolve() for p in paths):
+            raise UserError(f"--output_path {output_path}: is also --labels_path")
         for p in (x.strip() for item in paths for x in str(item).split(",") if x.strip()):
             sources.append((p, validate_labels(read_jsonl(p), p)))
         if xstest_dir is not None:

@@ -48,6 +48,16 @@ die() {
   exit 1
 }
 
+# value --flag=VALUE: VALUE, which must be a folder name (not empty, not another flag)
+value() {
+  local v="${1#*=}"
+  if [[ -z "$v" || "$v" == -* ]]; then
+    echo "error: ${1%%=*} needs a directory" >&2
+    exit 1
+  fi
+  printf '%s' "$v"
+}
+
 usage() {
   sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
 }
@@ -81,21 +91,21 @@ fetch() {
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --source) [[ $# -ge 2 && "$2" != -* ]] || die "--source needs a directory"; source_dir="$2"; shift 2 ;;
-    --source=*) source_dir="${1#*=}"; shift ;;
+    --source=*) source_dir="$(value "$1")"; shift ;;
     --dest) [[ $# -ge 2 && "$2" != -* ]] || die "--dest needs a directory"; dest="$2"; shift 2 ;;
-    --dest=*) dest="${1#*=}"; shift ;;
+    --dest=*) dest="$(value "$1")"; shift ;;
     --xstest_source | --xstest-source)
       [[ $# -ge 2 && "$2" != -* ]] || die "$1 needs a directory"
       xstest_source="$2"
       shift 2
       ;;
-    --xstest_source=* | --xstest-source=*) xstest_source="${1#*=}"; shift ;;
+    --xstest_source=* | --xstest-source=*) xstest_source="$(value "$1")"; shift ;;
     --xstest_dest | --xstest-dest)
       [[ $# -ge 2 && "$2" != -* ]] || die "$1 needs a directory"
       xstest_dest="$2"
       shift 2
       ;;
-    --xstest_dest=* | --xstest-dest=*) xstest_dest="${1#*=}"; shift ;;
+    --xstest_dest=* | --xstest-dest=*) xstest_dest="$(value "$1")"; shift ;;
     --no_xstest | --no-xstest) xstest=0; shift ;;
     --extras) extras=1; shift ;;
     --extras-dest)
@@ -103,7 +113,7 @@ while [[ $# -gt 0 ]]; do
       extras_dest="$2"
       shift 2
       ;;
-    --extras-dest=*) extras_dest="${1#*=}"; shift ;;
+    --extras-dest=*) extras_dest="$(value "$1")"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
@@ -126,6 +136,9 @@ fetch_list() {
         continue
       fi
       echo "replacing $target (its sha256 does not match)" >&2
+    fi
+    if [[ -n "$mirror" && ! -f "$mirror/$rel" ]]; then
+      die "$mirror/$rel: not found in the $flag mirror"
     fi
     mkdir -p -- "$(dirname -- "$target")"
     # The temp file sits beside the target so the final mv is an atomic rename.

@@ -62,6 +62,8 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_trackers(report_to)  # a missing tracker package fails before any scoring
+        if tracker_dir and Path(tracker_dir).exists() and not Path(tracker_dir).is_dir():
+            raise UserError(f"--tracker_dir {tracker_dir}: exists and is not a directory")
         results = score_paths(
             input_path,
             output_dir,

@@ -1,0 +1,154 @@
+"""Ordinary mistakes found by an adversarial pass: each is one clear UserError, before any work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from crossdefense import UserError
+from crossdefense.paths import REPO_ROOT
+
+
+def test_eval_files_with_bad_references_or_duplicate_ids(tmp_path):
+    from crossdefense.data import read_eval_records
+
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"instructions": ["a", "b"], "references": 5}))
+    with pytest.raises(UserError, match="'references' must be a list of strings"):
+        read_eval_records(refs)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text("".join(json.dumps({"id": "a", "instruction": x}) + "\n" for x in "xy"))
+    with pytest.raises(UserError, match="duplicate ids"):
+        read_eval_records(dup)
+
+
+def test_xstest_csv_saved_with_a_bom_is_read(tmp_path):
+    from crossdefense.xstest import read_prompts
+
+    path = tmp_path / "x.csv"
+    path.write_bytes("\ufeffid,prompt,type,label\n1,hi,homonyms,safe\n".encode())
+    assert read_prompts(path)[0]["id"] == "1"
+
+
+def test_report_and_capability_inputs_of_the_wrong_shape(tmp_path):
+    from crossdefense.capabilities import KIND, load_capabilities
+    from crossdefense.report import load_results
+
+    bad = tmp_path / "summary.json"
+    bad.write_text(json.dumps({"results": [1, 2]}))
+    with pytest.raises(UserError, match=r"results\[0\] is not an object"):
+        load_results([bad])
+    cap = tmp_path / "cap.json"
+    cap.write_text(json.dumps({"kind": KIND, "base_model": "m", "metrics": ["acc"]}))
+    with pytest.raises(UserError, match=r"metrics\[0\] is not an object"):
+        load_capabilities([cap])
+
+
+def test_rejected_answers_must_be_text_and_never_an_output(tmp_path):
+    from crossdefense.mixture import build_defense_data, load_rejected
+
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps({"instructions": ["a"], "inputs": [""], "outputs": [None]}))
+    with pytest.raises(UserError, match=r"outputs\[0\] is not a string"):
+        load_rejected(answers)
+    target = tmp_path / "saferpaca_Instructions_1_1_summarize.dpo.json"
+    target.write_text(json.dumps({"instructions": ["a"], "inputs": [""], "outputs": ["b"]}))
+    pool = tmp_path / "alpaca.json"
+    pool.write_text(json.dumps([{"instruction": "i", "input": "", "output": "o"}]))
+    safety = tmp_path / "safety.json"
+    safety.write_text(json.dumps([{"instruction": "s", "input": "", "output": "no"}]))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "d", "text": "A long harmful document."}) + "\n")
+    refusals = tmp_path / "refusals.json"
+    refusals.write_text(json.dumps(["I can't help."]))
+    with pytest.raises(UserError, match="is also an input of this build"):
+        build_defense_data(
+            task="summarize",
+            num_defense=1,
+            alpaca_path=pool,
+            alpaca_size=1,
+            safety_path=safety,
+            num_safety=1,
+            documents_path=docs,
+            refusals_path=refusals,
+            output_dir=tmp_path,
+            format="dpo",
+            rejected_path=target,
+            overwrite=True,
+        )
+
+
+def test_a_lock_file_that_is_not_an_object_is_taken_over(tmp_path):
+    from crossdefense.io import LOCK_FILE, live_writer, output_lock
+
+    (tmp_path / LOCK_FILE).write_text("[1]")
+    assert live_writer(tmp_path) is None
+    with output_lock(tmp_path, "test"):
+        pass
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_generation_refuses_inputs_sharing_a_name_and_a_bad_batch_size(tiny_model_dir, tmp_path):
+    from crossdefense.generation import DecodingConfig, run_generation
+    from tests.helpers import write_eval
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one, two = write_eval(tmp_path / "a" / "x.json"), write_eval(tmp_path / "b" / "x.json")
+    args = dict(
+        base_model=str(tiny_model_dir),
+        lora_weights=None,
+        output_path=str(tmp_path / "out"),
+        run_name="r",
+        prompt_template=None,
+        cfg=DecodingConfig(max_new_tokens=2, num_beams=1),
+        load_8bit=False,
+        load_4bit=False,
+        trust_remote_code=False,
+        overwrite=False,
+    )
+    with pytest.raises(UserError, match="have the same name"):
+        run_generation(input_paths=[one, two], batch_size=2, **args)
+    with pytest.raises(UserError, match="--batch_size must be >= 1"):
+        run_generation(input_paths=[one], batch_size=0, **args)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "r").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="run folder is a symbolic link"):
+        run_generation(input_paths=[one], batch_size=2, **args)
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_training_flags_checked_before_a_model_loads(tmp_path):
+    from crossdefense.training import TrainConfig, validate
+
+    (tmp_path / "config.json").write_text("{}")  # a folder that passes the base-model check
+    base = dict(base_model=str(tmp_path), data_path="x.json", output_dir=str(tmp_path / "o"))
+    with pytest.raises(UserError, match="--logging_steps must be >= 1"):
+        validate(TrainConfig(**base, logging_steps=0))
+    with pytest.raises(UserError, match="unknown tracker 'nosuch'"):
+        validate(TrainConfig(**base, report_to="nosuch"))
+
+
+def test_capability_device_is_checked(tmp_path):
+    from crossdefense.capabilities import _device_dtype
+
+    with pytest.raises(UserError, match="--device 'banana'"):
+        _device_dtype("banana")
+    assert _device_dtype("cpu") == ("cpu", "float32")
+
+
+@pytest.mark.parametrize("arg", ["--dest=", "--dest=--no_xstest", "--xstest_source="])
+def test_download_flag_values_that_are_not_folders(tmp_path, arg):
+    proc = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "download_data.sh"), arg, "--no_xstest"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: {arg.split('=')[0]} needs a directory"]
+    assert not list(tmp_path.iterdir())
