@@ -169,10 +169,31 @@ def attach_lora(
     return get_peft_model(model, config)
 
 
+def adapter_base_model(lora_weights: str) -> str | None:
+    """The base model an adapter was trained on (`base_model_name_or_path` of its config)."""
+    import json
+
+    try:
+        config = json.loads((Path(lora_weights) / "adapter_config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return name or None
+
+
 def load_adapter(model, lora_weights: str):
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, lora_weights, is_trainable=False)
+    try:
+        return PeftModel.from_pretrained(model, lora_weights, is_trainable=False)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        trained_on = adapter_base_model(lora_weights) or "another model"
+        raise UserError(
+            f"{lora_weights}: the adapter was trained on {trained_on} and does not fit this base "
+            "model (its weight shapes differ); pass that model as --base_model"
+        ) from None
 
 
 def short_model_name(base_model: str) -> str:

@@ -12,11 +12,13 @@ import sys
 from crossdefense import UserError
 from crossdefense.cli import run
 
+UPSTREAM_BASE_MODEL = "yahma/llama-7b-hf"  # upstream's default when no adapter is given
+
 
 def main(
     input_path: str | tuple[str, ...],
     output_path: str = "evaluation/generations",
-    base_model: str = "yahma/llama-7b-hf",
+    base_model: str | None = None,
     lora_weights: str | None = None,
     prompt_template_path: str | None = None,
     run_name: str | None = None,
@@ -45,7 +47,9 @@ def main(
             records, or XSTest's xstest_prompts.csv; a directory (all *.json and *.csv), a
             glob, or a comma-separated list. A file may declare its `doc_kind` (README).
         output_path: folder that receives one sub-folder per run.
-        base_model: local model directory or hub id.
+        base_model: local model directory or hub id (default: the base model the adapter
+            names in its adapter_config.json; without --lora_weights, upstream's
+            yahma/llama-7b-hf).
         lora_weights: LoRA adapter directory; omit to evaluate the base model alone.
         prompt_template_path: template name (alpaca, llama2, llama2_upstream, chat) or JSON
             path; default: the template stored with the adapter, else alpaca.
@@ -89,6 +93,12 @@ def main(
             seed=seed,
         )
         paths = expand_inputs(input_path)
+        if base_model is None:
+            from crossdefense.modeling import adapter_base_model
+
+            base_model = (adapter_base_model(lora_weights) if lora_weights else None) or (
+                UPSTREAM_BASE_MODEL
+            )
         name = run_name or short_model_name(lora_weights or base_model)
         written = run_generation(
             base_model=base_model,

@@ -217,3 +217,38 @@ def test_sft_weight_adds_the_chosen_nll_to_the_dpo_loss(tiny_model_dir, tmp_path
     assert method_facts(cfg)["loss"] == "sigmoid (DPO) + 0.5 x NLL(chosen)"
     plain = training_arguments(TrainConfig(**{**vars(cfg), "sft_weight": 0.0}), False, 100)
     assert plain.loss_type == ["sigmoid"]
+
+
+def test_generation_takes_the_base_model_from_the_adapter(dpo_trained, tiny_model_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.helpers import write_eval
+
+    cfg, _ = dpo_trained
+    script = REPO_ROOT / "generation" / "generate_answers.py"
+    evals = write_eval(tmp_path / "test_summarize.json", n=2)
+    common = ["--input_path", evals, "--num_beams", "1", "--max_new_tokens", "2"]
+    res = run_script(script, *common, "--lora_weights", cfg.output_dir, "--output_path", tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    [out] = tmp_path.glob("*/test_summarize.json")
+    assert json.loads(out.read_text())["parameters"]["model"] == str(tiny_model_dir)
+    # an adapter on a base model of another shape: one line, not a size-mismatch traceback
+    other = tmp_path / "wider"
+    shutil.copytree(tiny_model_dir, other)
+    config = LlamaConfig.from_pretrained(other)
+    config.hidden_size = 32  # q_proj and v_proj (the LoRA targets) change shape
+    AutoModelForCausalLM.from_config(config).save_pretrained(other)
+    res = run_script(
+        script,
+        *common,
+        "--base_model",
+        other,
+        "--lora_weights",
+        cfg.output_dir,
+        "--output_path",
+        tmp_path / "o2",
+    )
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "does not fit this base model" in res.stderr.strip().splitlines()[-1]
