@@ -188,6 +188,27 @@ DEFAULTS: dict[str, str] = {
 }
 
 
+# the shell entry points' own variables (scripts/run_sweep.sh), besides DEFAULTS
+SHELL_VARIABLES = ("GPUS", "STEPS", "DRY_RUN", "PYTHON")
+
+
+def check_variable_names(env: Mapping[str, str]) -> None:
+    """A variable that looks like a misspelt sweep variable (`TASK` for `TASKS`) is an error:
+    ignored, it would plan the default grid on the default 7B models."""
+    import difflib
+
+    known = (*DEFAULTS, *SHELL_VARIABLES)
+    for name in sorted(env):
+        if name in known or not name.isupper() or not env.get(name, "").strip():
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if near:
+            raise UserError(
+                f"{name} is not a sweep variable; did you mean {near[0]}? (unset {name} if it "
+                "is meant for something else)"
+            )
+
+
 @dataclass
 class SweepConfig:
     tasks: list[str]
@@ -218,6 +239,7 @@ class SweepConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> SweepConfig:
         """Read the sweep's variables (unset or empty ones take their default)."""
         env = os.environ if env is None else env
+        check_variable_names(env)
 
         def get(key: str) -> str:
             value = env.get(key, "")

@@ -207,7 +207,7 @@ def test_seeds_are_an_axis_of_cells(tmp_path):
         ({"TRAIN_ARGS": "--output_dir=x"}, "TRAIN_ARGS: --output_dir is set by the sweep"),
         ({"GEN_ARGS": "--num_shards 2"}, "GEN_ARGS: --num_shards is set by the sweep"),
         # fire would only complain after a whole training run
-        ({"TRAIN_ARGS": "--logging_steps 5"}, "training/finetuning.py has no flag --logging_steps"),
+        ({"TRAIN_ARGS": "--log_every 5"}, "training/finetuning.py has no flag --log_every"),
         ({"NUM_SAFETY": "-1"}, "NUM_SAFETY: '-1' is not a non-negative integer"),
     ],
 )
@@ -667,3 +667,13 @@ def test_shell_scripts_pass_shellcheck():
         [shellcheck, "-S", "info", *map(str, SHELL_SCRIPTS)], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(
+    ("typo", "right"),
+    [("TASK", "TASKS"), ("NUMBER", "NUMBERS"), ("SEED", "SEEDS"), ("GPU", "GPUS")],
+)
+def test_a_misspelt_sweep_variable_is_refused(typo, right):
+    with pytest.raises(UserError, match=f"{typo} is not a sweep variable; did you mean {right}"):
+        sw.SweepConfig.from_env({typo: "translate"})
+    sw.SweepConfig.from_env({"PATH": "/bin", "HOME": "/root", "TASKS": "translate"})  # fine
