@@ -370,7 +370,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         return run_name
 
     def dpo_pairs(policy_run: str, lora: str | None, into: Path) -> list[Path]:
-        """On-policy pairs: the policy's own answers to the refusal prompts are rejected."""
+        """Pairs whose rejected side is `policy_run`'s own answers to the refusal prompts."""
         [prompts] = build_defense_data(**{**mixture_args, "output_dir": into}, format="prompts")
         onpolicy = out / "data" / "onpolicy"
         generate(policy_run, lora, [prompts], onpolicy)
@@ -383,17 +383,18 @@ def run_demo(cfg: DemoConfig) -> Path:
     capabilities("base", None)
     runs = ["base"]
     grid = sorted(cfg.numbers)
+    # the rejected side is the base model's own answers, i.e. the behaviour the defense removes,
+    # also for DPO from an SFT adapter: that adapter already refuses the harmful prompts, so its
+    # own answers would leave almost only anti-refusal pairs (measured: README, Defense methods)
+    dpo_paths = dpo_pairs("base", None, out / "data") if "dpo" in cfg.methods else []
     if "sft" in cfg.methods:
         sft_paths = build_defense_data(**mixture_args)
         for (n, mixture), seed in product(zip(grid, sft_paths, strict=True), cfg.seeds):
             runs.append(train_one("sft", n, seed, mixture, None))
             if "dpo" in cfg.methods and cfg.dpo_init == "sft":
-                sft_run = runs[-1]
-                ckpt = Path(cfg.checkpoint_dir) / sft_run
-                pairs = dpo_pairs(sft_run, str(ckpt), out / "data" / f"dpo_from_{sft_run}")
-                runs.append(train_one("dpo", n, seed, pairs[grid.index(n)], ckpt))
+                ckpt = Path(cfg.checkpoint_dir) / runs[-1]
+                runs.append(train_one("dpo", n, seed, dpo_paths[grid.index(n)], ckpt))
     if "dpo" in cfg.methods and cfg.dpo_init == "base":
-        dpo_paths = dpo_pairs("base", None, out / "data")
         for (n, mixture), seed in product(zip(grid, dpo_paths, strict=True), cfg.seeds):
             runs.append(train_one("dpo", n, seed, mixture, None))
 
