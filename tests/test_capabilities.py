@@ -110,7 +110,13 @@ def test_base_and_adapter_runs_record_metrics_and_lineage(runs, tiny_model_dir, 
     assert base["lora_weights"] is None and base["adapter_sha256"] is None
     assert adapter["lora_weights"] == str(adapter_dir.resolve())
     assert adapter["adapter_sha256"] == sha256_file(adapter_dir / "adapter_model.safetensors")
-    assert adapter["train"] == {"task": "summarize", "num_defense": 8, "num_safety": 4, "seed": 7}
+    assert adapter["train"] == {
+        "task": "summarize",
+        "num_defense": 8,
+        "num_safety": 4,
+        "seed": 7,
+        "method": "sft",
+    }
     assert adapter["lm_eval_config"]["model_args"]["peft"] == str(adapter_dir.resolve())
     assert base["metadata"]["flags"]["limit"] == LIMIT  # the script's own flags
     # the script's table: one line per metric with value ± stderr and n
