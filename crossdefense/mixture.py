@@ -551,7 +551,7 @@ def build_defense_data(
         )
         logger.info("wrote %s (%d prompts to answer)", path, len(refuse))
         return [path]
-    pool = refusal_pool(refusals, plan)
+    pool = refusal_pool(refusals, plan) if format == "dpo" else []
     for n, path in targets.items():
         chosen = plan[: n * len(tasks)]
         records = base + [ex for _, ex in chosen]
