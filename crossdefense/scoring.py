@@ -468,6 +468,13 @@ def agreement(verdicts: dict[str, list], judges: Sequence[Judge]) -> dict[str, A
     return out
 
 
+def paired_refusals(a: dict[str, str], b: dict[str, str]) -> dict[str, Any]:
+    """Exact McNemar test of refusal vs not between two label maps (id -> label), on the ids
+    both have and both judges could label."""
+    ids = [i for i in a if i in b and UNPARSED not in (a[i], b[i])]
+    return mcnemar_exact([a[i] == REFUSAL for i in ids], [b[i] == REFUSAL for i in ids])
+
+
 def add_paired_tests(rows: Sequence[dict[str, Any]], results: list[dict[str, Any]]) -> None:
     """For every adapter run, an exact McNemar test of its refusals against the base model's
     (same model, same eval file, the same documents by id), per judge: `vs_base`."""
@@ -491,12 +498,9 @@ def add_paired_tests(rows: Sequence[dict[str, Any]], results: list[dict[str, Any
             continue
         tests = {}
         for name in res["judges"]:
-            pairs = [
-                (mine[i][name] == REFUSAL, theirs[i][name] == REFUSAL)
-                for i in shared
-                if UNPARSED not in (mine[i][name], theirs[i][name])
-            ]
-            test = mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])
+            test = paired_refusals(
+                {i: mine[i][name] for i in shared}, {i: theirs[i][name] for i in shared}
+            )
             tests[name] = {
                 "n_pairs": test["n_pairs"],
                 "adapter_only": test["a_only"],
@@ -508,15 +512,11 @@ def add_paired_tests(rows: Sequence[dict[str, Any]], results: list[dict[str, Any
         res["vs_base_p"] = head["p_value"] if head else None
         for kind, part in (res.get("by_kind") or {}).items():
             ids = [i for i in shared if kinds[(res["run"], res["eval_stem"])].get(i) == kind]
-            pairs = [
-                (mine[i][res["judge"]] == REFUSAL, theirs[i][res["judge"]] == REFUSAL)
-                for i in ids
-                if UNPARSED not in (mine[i][res["judge"]], theirs[i][res["judge"]])
-            ]
-            if pairs:
-                part["vs_base_p"] = mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])[
-                    "p_value"
-                ]
+            test = paired_refusals(
+                {i: mine[i][res["judge"]] for i in ids}, {i: theirs[i][res["judge"]] for i in ids}
+            )
+            if test["n_pairs"]:
+                part["vs_base_p"] = test["p_value"]
 
 
 def summarize_file(

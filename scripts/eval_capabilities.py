@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import logging
 
+from crossdefense.capabilities import DEFAULT_TASK, OUTPUT_DIR
 from crossdefense.cli import run
-from crossdefense.paths import EVALUATION_DIR
 
 
 def main(
     base_model: str,
     lora_weights: str | None = None,
-    tasks: str | tuple[str, ...] = "crossdefense_mc",
-    output_dir: str = str(EVALUATION_DIR / "capabilities"),
+    tasks: str | tuple[str, ...] = DEFAULT_TASK,
+    output_dir: str = str(OUTPUT_DIR),
     run_name: str | None = None,
     batch_size: int | str = 8,
     limit: int | None = None,
