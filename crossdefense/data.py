@@ -77,6 +77,19 @@ def _xstest_kind(label: Any, where: str) -> str:
     return SAFE if label == "safe" else UNSAFE
 
 
+def _check_labelled(kind: str | None, where: str, declared: str | None = None) -> None:
+    """`xstest` names a file of safe and unsafe prompts; each record must say which it is (a
+    record left as plain `xstest` would be counted in neither rate)."""
+    from crossdefense.xstest import FILE_KIND
+
+    if kind == FILE_KIND:
+        via = " (the file's doc_kind)" if declared == FILE_KIND else ""
+        raise UserError(
+            f"{where}: kind 'xstest'{via} without a safe/unsafe label; give per-record "
+            "'labels' (safe/unsafe) or kinds xstest_safe/xstest_unsafe"
+        )
+
+
 def _optional_list(data: dict, keys: tuple[str, ...], n: int, path: Path | str) -> list | None:
     """The first of `keys` present: a list of n strings (or None)."""
     for key in keys:
@@ -187,6 +200,10 @@ def read_eval_records(path: str | Path) -> list[Record]:
                 k if k is None else check_kind(k, f"{path}: record {i}")
                 for i, k in enumerate(kinds)
             ]
+        for i in range(n):
+            _check_labelled(
+                (kinds[i] if kinds else None) or declared, f"{path}: record {i}", declared
+            )
         types = _optional_list(data, ("types", "type"), n, path)
         records = []
         for i, instruction in enumerate(instructions):
@@ -222,6 +239,7 @@ def read_eval_records(path: str | Path) -> list[Record]:
                 if value is not None and not isinstance(value, str):
                     raise UserError(f"{where}: field {key!r} must be a string")
             kind = None if kind is None else check_kind(kind, where)
+            _check_labelled(kind, where)
             records.append(
                 Record(
                     id=str(row.get("id", i)),

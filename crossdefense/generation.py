@@ -634,6 +634,18 @@ def run_generation(
         if not jobs:
             return []
 
+        # what is already done, read before the model loads: a corrupt progress file fails fast
+        pooled: list[Record] = []
+        owner: list[int] = []  # which job each pooled record belongs to
+        rows_by_job: list[dict[str, dict]] = []
+        for j, (eval_path, records, paths) in enumerate(jobs):
+            done = {} if overwrite else load_done(paths.jsonl, fingerprint, records)
+            rows_by_job.append(done)
+            todo = [r for r in records if r.id not in done]
+            log.info("%s: %d records, %d already done", eval_path, len(records), len(done))
+            pooled.extend(todo)
+            owner.extend([j] * len(todo))
+
         tokenizer = modeling.load_tokenizer(base_model, trust_remote_code)
         prompter.tokenizer = tokenizer
         prompter.build("check", "")  # a chat template on a tokenizer without one fails here
@@ -642,18 +654,9 @@ def run_generation(
             model = modeling.load_adapter(model, lora_weights)
         model.eval()
         meta_common = run_metadata(flags or {})
-        pooled: list[Record] = []
-        owner: list[int] = []  # which job each pooled record belongs to
-        rows_by_job: list[dict[str, dict]] = []
-        for j, (eval_path, records, paths) in enumerate(jobs):
-            if overwrite:
+        if overwrite:  # only now that the model is loaded: a failed load loses nothing
+            for _, _, paths in jobs:
                 paths.jsonl.unlink(missing_ok=True)
-            done = load_done(paths.jsonl, fingerprint, records)
-            rows_by_job.append(done)
-            todo = [r for r in records if r.id not in done]
-            log.info("%s: %d records, %d already done", eval_path, len(records), len(done))
-            pooled.extend(todo)
-            owner.extend([j] * len(todo))
 
         def keep(i: int, row: dict) -> None:
             row = {**row, "config": fingerprint, "record_hash": record_hash(fingerprint, pooled[i])}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.io import output_lock, path_component, read_json, read_jsonl
+from crossdefense.io import output_lock, path_component, read_json, read_jsonl, sha256_file
 from crossdefense.paths import REPO_ROOT
 from crossdefense.scoring import SCORES_FILE, SUMMARY_FILE
 from crossdefense.tasks import split_prompt
@@ -646,6 +646,18 @@ def _group_rows(
     return groups
 
 
+def _check_unchanged(result: dict[str, Any], gen_path: Path) -> None:
+    """A generation file edited or regenerated after scoring would pair its documents with
+    the old scores: refused (summaries from before the hash was recorded are checked record by
+    record in `_check_generation` instead)."""
+    scored = result.get("generation_sha256")
+    if scored and sha256_file(gen_path) != scored:
+        raise UserError(
+            f"{gen_path}: changed since {result['run']}/{result['eval_stem']} was scored "
+            "(sha256 differs); re-run scripts/score_answers.py before exporting"
+        )
+
+
 def _check_generation(gen: Generation, rows: list[dict[str, Any]]) -> None:
     unknown = sum(str(r["id"]) not in gen.records for r in rows)
     if unknown:
@@ -744,6 +756,7 @@ def export_inspect(
                             recorded,
                         )
                     else:
+                        _check_unchanged(result, gen_path)
                         generation = load_generation_records(gen_path)
                         _check_generation(generation, group)
                     try:

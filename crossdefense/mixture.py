@@ -413,6 +413,8 @@ def build_defense_data(
             "--format dpo needs --rejected_path: the model's own answers to the refusal prompts "
             "(write them with --format prompts, answer them with generation/generate_answers.py)"
         )
+    if format != "dpo" and rejected_path is not None:
+        raise UserError(f"--rejected_path is read only with --format dpo (not {format})")
     rejected = load_rejected(rejected_path) if format == "dpo" else None
     tasks = list(TASK_NAMES) if task == MIX else [get_task(task).name]
     if (num_defense is None) == (grid is None):
@@ -710,7 +712,11 @@ def preference_pairs(
         counts[k] += 1
     if not pairs:
         raise UserError(f"{rejected_path}: every pair was dropped (the answers are all refusals)")
-    return pairs, {"rejected_from": str(rejected_path), **dict(sorted(counts.items()))}
+    return pairs, {
+        "rejected_from": str(rejected_path),
+        "rejected_sha256": sha256_file(rejected_path),
+        **dict(sorted(counts.items())),
+    }
 
 
 def manifest_path(mixture: str | Path) -> Path:

@@ -26,6 +26,7 @@ from crossdefense.io import (
     read_json,
     read_json_or_jsonl,
     run_metadata,
+    sha256_file,
 )
 from crossdefense.judges import UNPARSED, Judge
 from crossdefense.metrics import (
@@ -554,6 +555,7 @@ def summarize_file(
     return {
         **gf.facts,
         "generation_file": str(gf.path),
+        "generation_sha256": sha256_file(gf.path),
         "inferred_from": gf.inferred_from,
         "n": len(gf.outputs),
         "n_with_reference": len(pairs),

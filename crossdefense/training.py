@@ -33,6 +33,26 @@ from crossdefense.io import read_json, run_metadata, sha256_file, write_json
 log = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.json"
 METHODS = ("sft", "dpo")
+# Written into --output_dir when training starts (removed when it finishes): what a Trainer
+# checkpoint in that folder was made with, so a resumption with other settings is refused.
+TRAINING_STARTED = "training_started.json"
+# Flags that may differ between a run and its resumption (where to write, how long, logging).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output_dir",
+        "resume_from_checkpoint",
+        "overwrite",
+        "max_steps",
+        "num_epochs",
+        "save_steps",
+        "logging_steps",
+        "report_to",
+        "wandb_project",
+        "wandb_run_name",
+        "wandb_watch",
+        "wandb_log_model",
+    }
+)
 
 
 @dataclass
@@ -350,6 +370,15 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
     from crossdefense.prompts import load_prompter
 
     data_facts = train_data_facts(cfg.data_path, len(records))
+    fingerprint = resume_fingerprint(cfg, data_facts)
+    if cfg.resume_from_checkpoint and is_trainer_checkpoint(cfg.resume_from_checkpoint):
+        check_resumable(Path(cfg.resume_from_checkpoint), fingerprint)
+    if is_main_process():
+        if cfg.overwrite and not cfg.resume_from_checkpoint:
+            # starting over: an earlier run's checkpoints must not be resumed into this one
+            for stale in Path(cfg.output_dir).glob("checkpoint-*"):
+                shutil.rmtree(stale)
+        write_json(Path(cfg.output_dir) / TRAINING_STARTED, fingerprint)
     set_seed(cfg.seed)
     tokenizer = modeling.load_tokenizer(cfg.base_model, cfg.trust_remote_code)
     prompter = load_prompter(cfg.prompt_template_name, tokenizer)
@@ -383,6 +412,53 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
     return TrainResult(out, model)
 
 
+def is_trainer_checkpoint(path: str | Path) -> bool:
+    """A Trainer checkpoint (weights, optimiser, step) rather than a finished adapter folder."""
+    return (Path(path) / "trainer_state.json").is_file()
+
+
+def resume_fingerprint(cfg: TrainConfig, data_facts: dict[str, Any]) -> dict[str, Any]:
+    """What must be the same for a Trainer checkpoint to be resumed: every flag but where to
+    write, how long to train and logging, and the training data's content."""
+    config = {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in sorted(vars(cfg).items())
+        if k not in RESUMABLE_CHANGES
+    }
+    return {"config": config, "data_sha256": data_facts.get("sha256")}
+
+
+def check_resumable(checkpoint: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse to resume a Trainer checkpoint made with other settings or data (its optimiser
+    state and step belong to that run; continuing it under new ones mixes two runs)."""
+    started = checkpoint.parent / TRAINING_STARTED
+    if not started.is_file():
+        log.warning(
+            "%s: no %s beside it (an older run?); cannot check that it was made with the "
+            "same settings",
+            checkpoint,
+            TRAINING_STARTED,
+        )
+        return
+    before = read_json(started)
+    old, new = before.get("config", {}), fingerprint["config"]
+    changes = [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    if before.get("data_sha256") != fingerprint["data_sha256"]:
+        changes.insert(0, "the training data changed (sha256)")
+    if changes:
+        shown = "; ".join(changes[:3]) + (
+            f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
+        )
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint}: it was made with other settings ({shown}); "
+            "resume with the same ones, or start over with --overwrite and no --resume_from_checkpoint"
+        )
+
+
 def load_lora_model(cfg: TrainConfig) -> tuple[Any, str | None]:
     """The base model with a fresh LoRA (or an adapter-only `--resume_from_checkpoint`'s
     weights, with a fresh optimiser); returns it and the Trainer checkpoint to resume, if any."""
@@ -401,7 +477,7 @@ def load_lora_model(cfg: TrainConfig) -> tuple[Any, str | None]:
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
     resume = cfg.resume_from_checkpoint
-    if resume and not (Path(resume) / "trainer_state.json").is_file():
+    if resume and not is_trainer_checkpoint(resume):
         # An adapter-only directory: start from its weights with a fresh optimiser (under DPO
         # it is also the reference: e.g. DPO on top of an SFT adapter).
         from peft import set_peft_model_state_dict
@@ -551,6 +627,7 @@ def save_run(cfg, model, prompter, trainer, result, flags, data_facts, stats, ro
     )
     for stale in out.glob("checkpoint-*"):
         shutil.rmtree(stale)
+    (out / TRAINING_STARTED).unlink(missing_ok=True)
 
 
 def method_facts(cfg: TrainConfig) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from crossdefense import UserError
+from crossdefense import UserError, modeling
 from crossdefense.data import Record, read_eval_records
 from crossdefense.generation import (
     DecodingConfig,
@@ -349,7 +349,7 @@ def test_a_retrained_adapter_invalidates_old_outputs(tiny_model_dir, tmp_path):
         run(tiny_model_dir, [ev], tmp_path / "out", lora_weights=str(adapter), skip_existing=True)
 
 
-def test_a_torn_last_line_is_dropped_and_regenerated(tiny_model_dir, tmp_path, caplog):
+def test_a_torn_last_line_is_dropped_and_regenerated(tiny_model_dir, tmp_path, caplog, monkeypatch):
     ev = write_eval(tmp_path / "test_summarize.json", n=4)
     (final,) = run(tiny_model_dir, [ev], tmp_path / "out")
     whole = json.loads(final.read_text())
@@ -365,11 +365,14 @@ def test_a_torn_last_line_is_dropped_and_regenerated(tiny_model_dir, tmp_path, c
     assert [json.loads(x)["id"] for x in jsonl.read_text().splitlines()] == [
         json.loads(x)["id"] for x in lines[:2]
     ] + [json.loads(x)["id"] for x in lines[2:]]
-    # a corrupt line in the middle is not guessed at
+    # a corrupt line in the middle is not guessed at, and is found before the model loads
     jsonl.write_text(lines[0] + "\n{not json\n" + lines[1] + "\n")
     final.unlink()
+    loads = []
+    monkeypatch.setattr(modeling, "load_base_model", lambda *a, **k: loads.append(a))
     with pytest.raises(UserError, match=r"line 2 is not valid JSON"):
         run(tiny_model_dir, [ev], tmp_path / "out")
+    assert loads == []
 
 
 def test_an_edited_eval_file_never_keeps_old_answers(tiny_model_dir, tmp_path, caplog):

@@ -292,6 +292,22 @@ def test_missing_generation_file_warns_or_fails(tmp_path, caplog):
     assert HARMFUL.format(i=0) in log.samples[0].input[0].text
 
 
+def test_a_generation_file_changed_after_scoring_is_refused(tmp_path):
+    gen, scores = build(tmp_path)
+    path = gen / "sum40" / "test_summarize.json"
+    data = json.loads(path.read_text())
+    data["instructions"][0] = TASKS["summarize"].join("A different document, edited later.")
+    path.write_text(json.dumps(data, ensure_ascii=False))  # the outputs are still the scored ones
+    with pytest.raises(UserError, match="test_summarize.json: changed since sum40/test_summarize"):
+        export_inspect(scores, tmp_path / "logs", progress=False)
+    assert not (tmp_path / "logs").exists()
+
+    score_paths(str(gen), scores, judge=JUDGES, overwrite=True)  # scored again: exported
+    export_inspect(scores, tmp_path / "logs", progress=False)
+    log = read_log(tmp_path / "logs" / log_name("sum40", "test_summarize"))
+    assert "edited later" in log.samples[0].input[0].text
+
+
 def test_extra_row_keys_become_sample_metadata(tmp_path):
     _, scores = build(tmp_path)
     path = scores / "scores.jsonl"

@@ -152,3 +152,63 @@ def test_download_flag_values_that_are_not_folders(tmp_path, arg):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: {arg.split('=')[0]} needs a directory"]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody may write into: mode 555 (ignored by root, so as root a sysfs path,
+    which refuses even root)."""
+    from pathlib import Path
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").mkdir()
+    except OSError:
+        yield ro / "out"
+        ro.chmod(0o755)
+        return
+    (ro / "probe").rmdir()
+    ro.chmod(0o755)
+    try:
+        (Path("/sys") / "crossdefense-probe").mkdir()
+    except OSError:
+        yield Path("/sys") / "crossdefense-out"
+        return
+    pytest.skip("no read-only folder here (root, and /sys is writable)")
+
+
+def test_an_unwritable_output_folder_is_one_line_and_nothing_is_half_written(
+    tiny_model_dir, tmp_path, read_only_dir
+):
+    from tests.helpers import run_script, write_eval, write_mixture
+
+    ev = write_eval(tmp_path / "test_summarize.json", n=2)
+    data = write_mixture(tmp_path / "mix.json")
+    mini = REPO_ROOT / "data" / "mini"
+    commands = {
+        "generation": [
+            REPO_ROOT / "generation" / "generate_answers.py",
+            "--input_path", ev, "--base_model", tiny_model_dir, "--output_path", read_only_dir,
+        ],
+        "training": [
+            REPO_ROOT / "training" / "finetuning.py",
+            "--base_model", tiny_model_dir, "--data_path", data, "--output_dir", read_only_dir,
+            "--max_steps", "1", "--val_set_size", "0",
+        ],
+        "mixture": [
+            REPO_ROOT / "scripts" / "build_defense_data.py",
+            "--task", "summarize", "--num_defense", "2", "--num_safety", "2",
+            "--alpaca_path", mini / "alpaca.jsonl", "--safety_path", mini / "safety.jsonl",
+            "--documents_path", mini / "documents" / "harmful_train.jsonl",
+            "--refusals_path", mini / "refusals.json", "--output_dir", read_only_dir,
+        ],
+    }  # fmt: skip
+    for what, argv in commands.items():
+        res = run_script(*argv, cwd=tmp_path)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1, (what, res.stderr[-1500:])
+        assert lines[-1].startswith("error: ") and str(read_only_dir) in lines[-1], what
+        assert "Traceback" not in res.stderr, what
+        assert not read_only_dir.exists(), what

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from crossdefense import UserError
+from crossdefense.io import sha256_file
 from crossdefense.mixture import (
     build_defense_data,
     manifest_path,
@@ -575,6 +576,7 @@ def test_dpo_pairs_are_on_policy_deterministic_and_leakage_checked(tmp_path, poo
             assert p["rejected"] == by_prompt[p["instruction"]]  # the model's own answer
             assert p["chosen"] in REFUSALS or p["chosen"].startswith("no ")
     assert manifest["format"] == "dpo" and manifest["task"] == "summarize"
+    assert counts["rejected_sha256"] == sha256_file(answers)  # which answers, by content
     # same inputs, same bytes
     again = build(
         tmp_path, pools, "again", task="summarize", grid="4,8", format="dpo", rejected_path=answers
@@ -601,6 +603,16 @@ def test_dpo_format_errors(tmp_path, pools):
         build(tmp_path, pools, task="summarize", num_defense=4, format="kto")
     (prompts,) = build(tmp_path, pools, task="summarize", num_defense=2, format="prompts")
     answers = fake_answers(prompts)
+    with pytest.raises(UserError, match="--rejected_path is read only with --format dpo"):
+        build(
+            tmp_path,
+            pools,
+            "p2",
+            task="summarize",
+            num_defense=2,
+            format="prompts",
+            rejected_path=answers,
+        )
     with pytest.raises(UserError, match=r"no answer for \d+ refusal prompt"):
         build(tmp_path, pools, task="summarize", num_defense=8, format="dpo", rejected_path=answers)
     assert not (tmp_path / "out" / "saferpaca_Instructions_5_8_summarize.dpo.json").exists()

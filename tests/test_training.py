@@ -200,3 +200,48 @@ def test_an_interrupted_run_is_not_silently_restarted(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="holds checkpoint-50 from an interrupted run"):
         train(config(tiny_model_dir, tmp_path))
     assert (tmp_path / "ckpt" / "checkpoint-50").is_dir()  # nothing deleted
+
+
+def test_a_checkpoint_resumes_only_with_the_settings_it_was_made_with(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import crossdefense.training as training
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed after the last checkpoint")
+
+    cfg = config(tiny_model_dir, tmp_path, save_steps=1)
+    monkeypatch.setattr(training, "save_run", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg)
+    monkeypatch.undo()
+    ckpt = tmp_path / "ckpt" / "checkpoint-2"
+    assert (ckpt / "trainer_state.json").is_file()
+    assert (tmp_path / "ckpt" / training.TRAINING_STARTED).is_file()
+
+    # another learning rate, seed or data: refused before the model loads
+    for change, match in (
+        (dict(learning_rate=5e-3), r"learning_rate: 0\.01 -> 0\.005"),
+        (dict(data_path=str(write_mixture(tmp_path / "other.json", n=8))), "data changed"),
+        (dict(seed=7), "seed: 42 -> 7"),
+    ):
+        with pytest.raises(UserError, match=match):
+            train(config(tiny_model_dir, tmp_path, resume_from_checkpoint=str(ckpt), **change))
+    assert ckpt.is_dir()  # nothing removed by a refused resume
+
+    # the same settings with a longer budget resume; the finished run leaves no marker behind
+    result = train(
+        config(
+            tiny_model_dir, tmp_path, save_steps=1, max_steps=3, resume_from_checkpoint=str(ckpt)
+        )
+    )
+    run = json.loads((result.output_dir / "run_config.json").read_text())
+    assert run["log_history"][-1]["step"] == 3
+    assert {p.name for p in result.output_dir.iterdir()} == CHECKPOINT_FILES
+
+
+def test_overwrite_removes_an_earlier_runs_checkpoints(tiny_model_dir, tmp_path):
+    (tmp_path / "ckpt" / "checkpoint-50").mkdir(parents=True)
+    (tmp_path / "ckpt" / "checkpoint-50" / "trainer_state.json").write_text("{}")
+    result = train(config(tiny_model_dir, tmp_path, overwrite=True))
+    assert {p.name for p in result.output_dir.iterdir()} == CHECKPOINT_FILES

@@ -83,6 +83,18 @@ def test_eval_files_declare_kinds(tmp_path):
     odd.write_text(json.dumps({"instructions": ["a"], "doc_kind": "spicy"}))
     with pytest.raises(UserError, match="unknown document kind 'spicy'"):
         read_eval_records(odd)
+    # `xstest` is a file of both kinds: each record must say which (else no table counts it)
+    labelled = tmp_path / "labelled.json"
+    labelled.write_text(json.dumps(eval_document(read_prompts(write_csv(tmp_path / "x.csv")), "t")))
+    assert {r.kind for r in read_eval_records(labelled)} == {SAFE, UNSAFE}
+    unlabelled = tmp_path / "unlabelled.json"
+    unlabelled.write_text(json.dumps({"instructions": ["a", "b"], "doc_kind": "xstest"}))
+    with pytest.raises(UserError, match=r"record 0: kind 'xstest' \(the file's doc_kind\)"):
+        read_eval_records(unlabelled)
+    row = tmp_path / "row.jsonl"
+    row.write_text(json.dumps({"instruction": "a", "kind": "xstest"}) + "\n")
+    with pytest.raises(UserError, match="without a safe/unsafe label"):
+        read_eval_records(row)
 
 
 def generation_file(path: Path, outputs: list[str], run: str, lora: str | None) -> Path:
