@@ -78,11 +78,12 @@ CSV_COLUMNS = (
 
 def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
     """`arc_easy,hellaswag` (or fire's tuple of it) as a list of unique names."""
-    items = [tasks] if isinstance(tasks, str) else [str(t) for t in tasks]
-    names = [t.strip() for item in items for t in item.split(",") if t.strip()]
+    from crossdefense.cli import as_list
+
+    names = as_list(tasks)
     if not names:
         raise UserError("--tasks is empty; give task names, e.g. --tasks arc_easy,mmlu")
-    return list(dict.fromkeys(names))
+    return names
 
 
 def project_tasks(tasks_dir: Path = TASKS_DIR) -> dict[str, Path]:

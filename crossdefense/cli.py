@@ -71,6 +71,44 @@ def missing_required(main: Callable, argv: list[str]) -> str | None:
     return None
 
 
+def as_list(value: Any) -> list[str]:
+    """A list-valued flag as fire hands it -- `a` (str), `a,b` (tuple), `[a, b]` (upstream's
+    bracketed form), a number, a list, None -- as its items: stripped of spaces and quotes,
+    empty ones and repeats dropped, in order. The one home of this rule for every script."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        items: list[Any] = [text[1:-1] if text[:1] + text[-1:] == "[]" else text]
+    elif isinstance(value, tuple | list | set | frozenset):
+        items = list(value)
+    else:
+        items = [value]
+    out: list[str] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip().strip("'\"").strip()
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+def as_ints(value: Any, flag: str) -> list[int]:
+    """`as_list`, each item a whole number (`--seeds 1,2,3`, `--numbers 40`)."""
+    from crossdefense import UserError
+
+    out = []
+    for item in as_list(value):
+        try:
+            number = float(item)
+        except ValueError:
+            number = float("nan")
+        if not number.is_integer():
+            raise UserError(f"--{flag}: {item!r} is not a whole number")
+        out.append(int(number))
+    return out
+
+
 def _kinds(annotation: Any) -> set[type]:
     """The plain types an annotation admits (`str | tuple[str, ...] | None` -> str, tuple,
     NoneType); empty when it says nothing checkable."""

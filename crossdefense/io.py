@@ -29,24 +29,22 @@ def expand_paths(
 ) -> list[Path]:
     """Files named by a path, a folder (`in_dir` picks its files), a glob, or several of these
     (a sequence or a comma-separated string); each part must yield at least one file."""
-    items = [spec] if isinstance(spec, str | Path) else list(spec)
+    from crossdefense.cli import as_list
+
     paths: list[Path] = []
-    for item in items:
-        for part in (x.strip() for x in str(item).split(",")):
-            if not part:
-                continue
-            p = Path(part).expanduser()
-            if p.is_dir():
-                found = in_dir(p)
-            elif any(c in part for c in "*?["):
-                found = sorted(Path(x) for x in glob.glob(part, recursive=True))
-            else:
-                check_file(p)
-                found = [p]
-            found = [f for f in found if f.is_file() and (keep is None or keep(f))]
-            if not found:
-                raise UserError(f"{part}: no {what} found")
-            paths.extend(found)
+    for part in as_list([str(spec)] if isinstance(spec, Path) else spec):
+        p = Path(part).expanduser()
+        if p.is_dir():
+            found = in_dir(p)
+        elif any(c in part for c in "*?["):
+            found = sorted(Path(x) for x in glob.glob(part, recursive=True))
+        else:
+            check_file(p)
+            found = [p]
+        found = [f for f in found if f.is_file() and (keep is None or keep(f))]
+        if not found:
+            raise UserError(f"{part}: no {what} found")
+        paths.extend(found)
     if not paths:
         raise UserError(f"no {what} given")
     return list(dict.fromkeys(paths))

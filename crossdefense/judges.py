@@ -763,8 +763,9 @@ def normalize_judge_names(judge: str | Sequence[str] | None) -> list[str]:
     """fire gives `--judge a` as str and `--judge a,b` as a tuple; accept both, check names."""
     if judge is None:
         return [DEFAULT_JUDGE]
-    items = [judge] if isinstance(judge, str) else list(judge)
-    names = [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+    from crossdefense.cli import as_list
+
+    names = as_list(judge)
     if not names:
         raise UserError("--judge: no judge named")
     for n in names:

@@ -349,22 +349,14 @@ def _leak_message(leaks: list[dict[str, Any]], shown: int = 5) -> str:
 
 
 def normalize_grid(grid: Any) -> list[int]:
-    """Ns from fire's int / tuple / list / '10,100' string, sorted and deduplicated."""
+    """Ns from fire's int / tuple / list / '10,100' or '10 100' string, sorted, deduplicated."""
+    from crossdefense.cli import as_ints
+
     if isinstance(grid, str):
-        items: Iterable[Any] = [s for s in re.split(r"[,\s\[\]()]+", grid) if s]
-    elif isinstance(grid, (list, tuple)):
-        items = grid
-    else:
-        items = [grid]
-    out = set()
-    for item in items:
-        try:
-            n = int(item) if not isinstance(item, (bool, float)) else None
-        except ValueError:
-            n = None
-        if n is None or n < 0 or (isinstance(item, float) and not item.is_integer()):
-            raise UserError(f"--grid: {item!r} is not a non-negative integer")
-        out.add(n)
+        grid = ",".join(grid.replace("(", " ").replace(")", " ").split())
+    out = set(as_ints(grid, "grid"))
+    if any(n < 0 for n in out):
+        raise UserError(f"--grid: {min(out)} is not a non-negative integer")
     if not out:
         raise UserError("--grid: no values")
     return sorted(out)

@@ -804,11 +804,10 @@ def parse_judge_models(spec: str | Sequence[str] | None, names: Sequence[str]) -
     a hub id or a local folder per model judge; each named judge must be selected too."""
     if spec is None:
         return {}
-    items = [spec] if isinstance(spec, str) else list(spec)
+    from crossdefense.cli import as_list
+
     out: dict[str, str] = {}
-    for item in (p.strip() for it in items for p in str(it).split(",")):
-        if not item:
-            continue
+    for item in as_list(spec):
         name, eq, model = item.partition("=")
         name, model = name.strip(), model.strip()
         if not eq or not name or not model:

@@ -36,13 +36,9 @@ SAMPLE_CHARS = 300
 
 def parse_trackers(report_to: str | Sequence[str] | None) -> list[str]:
     """`wandb,tensorboard` (or a tuple, as fire hands it) -> names; none/empty -> []."""
-    items = [report_to] if isinstance(report_to, str) or report_to is None else list(report_to)
-    names: list[str] = []
-    for item in items:
-        for name in str(item if item is not None else "").split(","):
-            name = name.strip().lower()
-            if name and name not in names:
-                names.append(name)
+    from crossdefense.cli import as_list
+
+    names = list(dict.fromkeys(name.lower() for name in as_list(report_to)))
     if "none" in names:
         if len(names) > 1:
             raise UserError(f"--report_to: 'none' cannot be combined with {names}")

@@ -96,10 +96,10 @@ class TrainConfig:
 
 
 def normalise_modules(value: Any) -> tuple[str, ...]:
-    """fire hands `q_proj` as str and `q_proj,v_proj` as a tuple; accept both and lists."""
-    if isinstance(value, str):
-        value = value.strip("[]").split(",")
-    mods = tuple(str(v).strip().strip("'\"") for v in value if str(v).strip())
+    """fire hands `q_proj` as str, `q_proj,v_proj` as a tuple, upstream `[q_proj,v_proj]`."""
+    from crossdefense.cli import as_list
+
+    mods = tuple(as_list(value))
     if not mods:
         raise UserError("--lora_target_modules is empty")
     return mods

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from crossdefense import UserError
-from crossdefense.cli import run
+from crossdefense.cli import as_list, run
 
 
 def main(
@@ -57,10 +57,10 @@ def main(
         if output_path and Path(output_path).exists() and not overwrite:
             raise UserError(f"{output_path}: exists; pass --overwrite to replace it")
         sources = []
-        paths = [labels_path] if isinstance(labels_path, str) else list(labels_path or ())
+        paths = as_list(labels_path)
         if output_path and any(Path(output_path).resolve() == Path(p).resolve() for p in paths):
             raise UserError(f"--output_path {output_path}: is also --labels_path")
-        for p in (x.strip() for item in paths for x in str(item).split(",") if x.strip()):
+        for p in paths:
             sources.append((p, validate_labels(read_jsonl(p), p)))
         if xstest_dir is not None:
             from crossdefense.learned_judge import load_xstest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from crossdefense import UserError
-from crossdefense.cli import run
+from crossdefense.cli import as_list, run
 
 
 def main(
@@ -26,9 +26,8 @@ def main(
     from crossdefense.scoring import compare_runs
     from crossdefense.stats import significance_mark
 
-    paths = [scores_path] if isinstance(scores_path, str) else list(scores_path)
     try:
-        rows = [row for p in paths for part in str(p).split(",") for row in read_jsonl(part)]
+        rows = [row for part in as_list(scores_path) for row in read_jsonl(part)]
         results = compare_runs(rows, str(run_a), str(run_b), judge)
     except UserError as e:
         sys.exit(f"error: {e}")

@@ -7,20 +7,10 @@ import logging
 import sys
 
 from crossdefense import UserError
-from crossdefense.cli import run
+from crossdefense.cli import as_ints, as_list, run
 from crossdefense.demo import DemoConfig, run_demo
 from crossdefense.paths import MINI_DATA_DIR
 from crossdefense.tasks import TASK_NAMES
-
-
-def _ints(value: int | str | tuple) -> tuple[int, ...]:
-    items = value if isinstance(value, tuple | list) else str(value).split(",")
-    return tuple(int(x) for x in items)
-
-
-def _names(value: str | tuple) -> tuple[str, ...]:
-    items = value if isinstance(value, tuple | list) else str(value).split(",")
-    return tuple(str(x).strip() for x in items if str(x).strip())
 
 
 def main(
@@ -84,24 +74,24 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = DemoConfig(
-            numbers=_ints(numbers),
+            numbers=tuple(as_ints(numbers, "numbers")),
             task=task,
             eval_dir=eval_dir,
-            eval_tasks=_names(eval_tasks),
+            eval_tasks=tuple(as_list(eval_tasks)),
             eval_limit=eval_limit,
             eval_offset=eval_offset,
             max_steps=max_steps,
             learning_rate=learning_rate,
             max_new_tokens=max_new_tokens,
             contrast=contrast,
-            seeds=_ints(seeds),
-            methods=_names(method),
+            seeds=tuple(as_ints(seeds, "seeds")),
+            methods=tuple(as_list(method)),
             dpo_learning_rate=dpo_learning_rate,
             beta=beta,
             sft_weight=sft_weight,
             dpo_init=dpo_init,
             dpo_steps=dpo_steps,
-            judges=_names(judge),
+            judges=tuple(as_list(judge)),
             xstest_per_type=xstest,
             xstest_path=xstest_path,
             capability_limit=capability_limit,

@@ -254,3 +254,32 @@ def test_short_flags_are_refused_and_dash_h_is_help(tmp_path):
     res = run_script(REPO_ROOT / "scripts" / "report.py", "-h", cwd=tmp_path)
     assert res.returncode == 0 and "--heatmap_n" in res.stdout + res.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a", ["a"]),
+        (("a", "b"), ["a", "b"]),  # fire's `--x a,b`
+        ("a, b,,a", ["a", "b"]),  # spaces, empty items and repeats dropped, order kept
+        ("[q_proj,'v_proj']", ["q_proj", "v_proj"]),  # upstream's bracketed form
+        (2024, ["2024"]),
+        (None, []),
+        ("", []),
+    ],
+)
+def test_as_list_reads_every_shape_fire_hands(value, expected):
+    from crossdefense.cli import as_list
+
+    assert as_list(value) == expected
+
+
+def test_as_ints_refuses_what_is_not_a_whole_number():
+    from crossdefense import UserError
+    from crossdefense.cli import as_ints
+
+    assert as_ints((1, 2, 3), "seeds") == [1, 2, 3]
+    assert as_ints("40", "numbers") == [40]
+    for bad in ("x", "1.5", True, "1,two"):
+        with pytest.raises(UserError, match="--seeds: .* is not a whole number"):
+            as_ints(bad, "seeds")
