@@ -261,7 +261,7 @@ def default_run_name(base_model: str, lora_weights: str | None, tasks: Sequence[
     """The adapter folder's name, else the base model's short name; other tasks than the
     default one are appended (`SmolLM2-135M_arc_easy-mmlu`), so a base model's runs on two
     task lists do not collide."""
-    from crossdefense.modeling import short_model_name
+    from crossdefense.runs import short_model_name
 
     name = Path(lora_weights.rstrip("/")).name if lora_weights else short_model_name(base_model)
     if list(tasks) != [DEFAULT_TASK]:

@@ -328,10 +328,16 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     def train_one(method: str, n: int, seed: int, mixture: Path, init: Path | None) -> str:
         """Train (or reuse) one adapter, generate and measure with it; returns its run name."""
-        run_name = f"Instructions_{cfg.num_safety}_{n}_{cfg.task}_smollm2"
-        run_name += {"sft": "", "dpo": "_dpo"}[method] + ("_from_sft" if init else "")
         # one seed keeps the historical name (its adapter is reused); several get a suffix
-        run_name += f"_seed{seed}" if len(cfg.seeds) > 1 else ""
+        run_name = runs.run_name(
+            cfg.num_safety,
+            n,
+            cfg.task,
+            "smollm2",
+            seed=seed if len(cfg.seeds) > 1 else None,
+            method=method,
+            from_sft=init is not None,
+        )
         ckpt = Path(cfg.checkpoint_dir) / run_name
         batch = cfg.dpo_micro_batch_size if method == "dpo" else cfg.micro_batch_size
         steps = (cfg.dpo_steps or cfg.max_steps) if method == "dpo" else cfg.max_steps

@@ -24,6 +24,7 @@ from crossdefense.io import (
     write_json,
 )
 from crossdefense.prompts import Prompter
+from crossdefense.runs import output_paths, shard_suffix, short_model_name
 from crossdefense.tasks import detect_task, doc_kind
 
 log = logging.getLogger(__name__)
@@ -118,20 +119,6 @@ def shard(records: list[Record], num_shards: int, shard_index: int) -> list[Reco
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise UserError(f"--shard_index must be in [0, {num_shards}) with --num_shards >= 1")
     return records[shard_index::num_shards]
-
-
-@dataclass
-class OutputPaths:
-    final: Path
-    jsonl: Path
-
-
-def output_paths(
-    output_path: str | Path, run_name: str, eval_path: Path, suffix: str = ""
-) -> OutputPaths:
-    run_dir = Path(output_path) / run_name
-    stem = eval_path.stem + suffix
-    return OutputPaths(run_dir / f"{stem}.json", run_dir / f"{stem}.jsonl")
 
 
 def config_fingerprint(settings: dict[str, Any]) -> str:
@@ -607,7 +594,7 @@ def run_generation(
     fingerprint = config_fingerprint(settings)
     # every eval file is read (and so validated) once, before anything is written
     eval_records = [(path, read_eval_records(path)) for path in input_paths]
-    suffix = f".shard{shard_index}-of-{num_shards}" if num_shards > 1 else ""
+    suffix = shard_suffix(shard_index, num_shards)
     # shards of one run write different files into one folder: one lock per shard
     lock = f"{LOCK_FILE.removesuffix('.lock')}{suffix}.lock"
     with output_lock(Path(output_path) / run_name, "generation", name=lock):
@@ -682,7 +669,7 @@ def run_generation(
         }
         run_meta = {
             "run_name": run_name,
-            "model_name": modeling.short_model_name(base_model),
+            "model_name": short_model_name(base_model),
             "train": train_facts(lora_weights),
             "generation": {
                 **cfg.to_dict(),

@@ -23,6 +23,7 @@ from typing import Any
 from crossdefense import UserError
 from crossdefense.io import read_json, read_json_or_jsonl, run_metadata, sha256_file, write_json
 from crossdefense.paths import DATA_DIR
+from crossdefense.runs import manifest_path, mixture_name
 from crossdefense.tasks import MIX, TASK_NAMES, get_task, split_prompt
 
 logger = logging.getLogger(__name__)
@@ -32,39 +33,11 @@ DEFAULT_SAFETY_PATH = DATA_DIR / "upstream" / "training" / "safety_only_data_Ins
 NGRAM = 8
 JACCARD_THRESHOLD = 0.5
 
-_NAME_RE = re.compile(r"^saferpaca_Instructions_(?P<k>\d+)(?:_(?P<n>\d+)_(?P<task>[a-z]+))?\.json$")
 _HUB_ID_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
 _TRUE = {"1", "true", "yes", "on"}
 
 
 # --------------------------------------------------------------------------- names
-
-
-def mixture_name(num_safety: int, num_defense: int, task: str) -> str:
-    """Upstream's file name; N=0 is the no-defense baseline `saferpaca_Instructions_{K}.json`."""
-    if num_defense == 0:
-        return f"saferpaca_Instructions_{num_safety}.json"
-    return f"saferpaca_Instructions_{num_safety}_{num_defense}_{task}.json"
-
-
-def parse_mixture_name(path: str | Path) -> tuple[int, int, str | None]:
-    """(K, N, task) from a mixture file name; the no-defense file gives (K, 0, None).
-
-    Accepts upstream's misspelling `summrize` (returned as `summarize`).
-    """
-    name = Path(path).name
-    m = _NAME_RE.match(name)
-    if m is None:
-        raise UserError(
-            f"{name}: not a mixture name (expected saferpaca_Instructions_K.json or "
-            "saferpaca_Instructions_K_N_TASK.json)"
-        )
-    if m["n"] is None:
-        return int(m["k"]), 0, None
-    task = "summarize" if m["task"] == "summrize" else m["task"]
-    if task not in (*TASK_NAMES, MIX):
-        raise UserError(f"{name}: unknown task {m['task']!r} in mixture name")
-    return int(m["k"]), int(m["n"]), task
 
 
 # --------------------------------------------------------------------------- inputs
@@ -709,11 +682,6 @@ def preference_pairs(
         "rejected_sha256": sha256_file(rejected_path),
         **dict(sorted(counts.items())),
     }
-
-
-def manifest_path(mixture: str | Path) -> Path:
-    mixture = Path(mixture)
-    return mixture.with_name(mixture.stem + ".manifest.json")
 
 
 # --------------------------------------------------------------------------- online extras

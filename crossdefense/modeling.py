@@ -194,7 +194,3 @@ def load_adapter(model, lora_weights: str):
             f"{lora_weights}: the adapter was trained on {trained_on} and does not fit this base "
             "model (its weight shapes differ); pass that model as --base_model"
         ) from None
-
-
-def short_model_name(base_model: str) -> str:
-    return Path(base_model.rstrip("/")).name or base_model

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from crossdefense.metrics import (
     primary_utility,
     record_metrics,
 )
+from crossdefense.runs import is_shard, short_model_name, train_from_name
 from crossdefense.stats import CONFIDENCE, cohen_kappa, mcnemar_exact, wilson
 from crossdefense.tasks import MIX, TASK_NAMES, detect_task, doc_kind, split_prompt
 
@@ -48,18 +48,7 @@ SUMMARY_FILE = "summary.json"
 #    paired McNemar tests against the base model, a `seed` fact.
 SCHEMA_VERSION = 2
 
-# Upstream names runs after their mixture, e.g. `..._Instructions_100_500_summrize` (sic).
-_RUN_RE = re.compile(
-    r"Instructions_(?P<k>\d+)_(?P<n>\d+)_(?P<task>summarize|summarise|summrize|"
-    r"translate|sentiment|case|cloze|mix)(?![a-z])",
-    re.IGNORECASE,
-)
-
-
 # ----------------------------------------------------------------------------- inputs
-
-
-SHARD_NAME = re.compile(r"\.shard\d+-of-\d+\.json$")
 
 
 def expand_generation_paths(
@@ -74,7 +63,7 @@ def expand_generation_paths(
 
     def keep(f: Path) -> bool:
         inside = ex is not None and ex in f.resolve().parents
-        return f.suffix == ".json" and not inside and not SHARD_NAME.search(f.name)
+        return f.suffix == ".json" and not inside and not is_shard(f)
 
     def in_dir(d: Path) -> list[Path]:
         return sorted(d.glob("*.json")) or sorted(d.glob("*/*.json"))
@@ -86,7 +75,7 @@ def expand_generation_paths(
             raw = [f for f in expand_paths(input_path, in_dir, "files") if f.suffix == ".json"]
         except UserError:
             raw = []
-        if raw and all(SHARD_NAME.search(f.name) for f in raw):
+        if raw and all(is_shard(f) for f in raw):
             raise UserError(
                 f"{input_path}: only unmerged shards (*.shardK-of-N.json); join them with "
                 "scripts/merge_shards.py first"
@@ -207,22 +196,6 @@ def eval_task_from_prompts(instructions: Sequence[str], inputs: Sequence[str]) -
     return name if 2 * k > len(instructions) else None
 
 
-def train_from_name(name: str) -> dict[str, Any] | None:
-    """(K, N, task) from an upstream-style run or adapter name, or None."""
-    m = _RUN_RE.search(name)
-    if m is None:
-        return None
-    task = m["task"].lower()
-    task = "summarize" if task in ("summrize", "summarise") else task
-    return {"task": task, "num_defense": int(m["n"]), "num_safety": int(m["k"])}
-
-
-def model_short_name(model: str | None) -> str | None:
-    if not model:
-        return None
-    return Path(str(model).rstrip("/")).name or str(model)
-
-
 def infer_facts(
     path: Path,
     instructions: Sequence[str],
@@ -260,7 +233,7 @@ def infer_facts(
     if meta.get("model_name"):
         put("model", meta["model_name"], "metadata")
     else:
-        put("model", model_short_name(parameters.get("model")), "parameters")
+        put("model", short_model_name(parameters.get("model")), "parameters")
 
     _infer_train(facts, src, meta, parameters)
     train = meta.get("train") if isinstance(meta.get("train"), dict) else {}

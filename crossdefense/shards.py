@@ -9,7 +9,6 @@ other settings), so the merged file is the one an unsharded run would have writt
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,9 @@ from crossdefense.io import (
     write_json,
     write_jsonl,
 )
+from crossdefense.runs import is_shard, parse_shard_name
 
 log = logging.getLogger(__name__)
-SHARD_RE = re.compile(r"^(?P<stem>.+)\.shard(?P<i>\d+)-of-(?P<n>\d+)\.json$")
 # Lists of one value per record, merged in record order.
 RECORD_FIELDS = ("instructions", "inputs", "outputs", "ids", "references")
 
@@ -43,13 +42,13 @@ def find_groups(paths: list[Path]) -> list[ShardGroup]:
     """Group shard files by (folder, stem); each group must hold shards 0..n-1 of one n."""
     by_key: dict[tuple[Path, str], dict[int, tuple[int, Path]]] = defaultdict(dict)
     for p in paths:
-        m = SHARD_RE.match(p.name)
-        if m is None:
+        parsed = parse_shard_name(p)
+        if parsed is None:
             raise UserError(f"{p}: not a shard file (<stem>.shard<i>-of-<n>.json)")
-        i, n = int(m["i"]), int(m["n"])
-        key = (p.parent, m["stem"])
+        stem, i, n = parsed
+        key = (p.parent, stem)
         if i in by_key[key]:
-            raise UserError(f"{p}: shard {i} of {m['stem']} given twice")
+            raise UserError(f"{p}: shard {i} of {stem} given twice")
         by_key[key][i] = (n, p)
     groups = []
     for (folder, stem), found in sorted(by_key.items()):
@@ -70,7 +69,7 @@ def expand_shards(input_path: str | Path | list | tuple) -> list[Path]:
     """Shard files from run directories, globs, single files, or comma-separated lists."""
     return expand_paths(
         input_path,
-        lambda d: sorted(x for x in d.glob("*.json") if SHARD_RE.match(x.name)),
+        lambda d: sorted(x for x in d.glob("*.json") if is_shard(x)),
         "shard files",
     )
 

@@ -213,13 +213,13 @@ def load_records(data_path: str, method: str = "sft") -> list[Record] | list[Pai
 
 def train_data_facts(data_path: str, n_records: int) -> dict[str, Any]:
     """Task, N and K of a defense mixture (from its manifest, else its upstream-style name)."""
-    from crossdefense.mixture import parse_mixture_name
+    from crossdefense.runs import manifest_path, parse_mixture_name
 
     facts: dict[str, Any] = {"data_path": data_path, "n_records": n_records}
     path = Path(data_path)
     if path.is_file():
         facts["sha256"] = sha256_file(path)
-    manifest = path.with_name(path.stem + ".manifest.json")
+    manifest = manifest_path(path)
     try:
         parsed = parse_mixture_name(path.name)
     except UserError:

@@ -78,7 +78,7 @@ def main(
     """
     flags = dict(locals())
     from crossdefense.generation import DecodingConfig, expand_inputs, run_generation
-    from crossdefense.modeling import short_model_name
+    from crossdefense.runs import short_model_name
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -13,15 +13,9 @@ import pytest
 
 from crossdefense import UserError
 from crossdefense.io import sha256_file
-from crossdefense.mixture import (
-    build_defense_data,
-    manifest_path,
-    match_references,
-    mixture_name,
-    normalize_grid,
-    parse_mixture_name,
-)
+from crossdefense.mixture import build_defense_data, match_references, normalize_grid
 from crossdefense.paths import REPO_ROOT
+from crossdefense.runs import manifest_path, mixture_name, parse_mixture_name
 from crossdefense.tasks import TASKS, detect_task, split_prompt
 
 REFUSALS = [f"I'm sorry, but I cannot help with that request ({i})." for i in range(5)]

@@ -13,6 +13,7 @@ import pytest
 from crossdefense import UserError
 from crossdefense.judges import make_judge
 from crossdefense.report import REPORT_FILES, choose_heatmap_n, make_report, pareto_front
+from crossdefense.runs import train_from_name
 from crossdefense.scoring import (
     SCORES_FILE,
     SUMMARY_FILE,
@@ -23,7 +24,6 @@ from crossdefense.scoring import (
     load_generation,
     load_references,
     score_files,
-    train_from_name,
     write_scores,
 )
 from crossdefense.stats import wilson
