@@ -65,7 +65,8 @@ class DemoConfig:
     dpo_learning_rate: float = 2e-3
     dpo_micro_batch_size: int = 4  # pairs per step: 8 sequences, as many as an SFT step
     # dpo starts from: "base" (a fresh LoRA, reference = base model) or "sft" (each SFT
-    # adapter, its own reference; pairs on-policy from that adapter; needs --method sft,dpo)
+    # adapter, its own reference; the rejected side is still the base model's answers, which
+    # the SFT adapter would mostly refuse itself; needs --method sft,dpo)
     dpo_init: str = "base"
     dpo_steps: int = 0  # 0 = --max_steps
     beta: float = 0.1

@@ -11,6 +11,7 @@ import sys
 
 from crossdefense import UserError
 from crossdefense.cli import run
+from crossdefense.generation import DecodingConfig
 
 UPSTREAM_BASE_MODEL = "yahma/llama-7b-hf"  # upstream's default when no adapter is given
 
@@ -24,16 +25,16 @@ def main(
     run_name: str | None = None,
     load_8bit: bool = False,
     load_4bit: bool = False,
-    max_new_tokens: int = 256,
-    num_beams: int = 4,
-    do_sample: bool = False,
-    temperature: float = 0.1,
-    top_p: float = 0.75,
-    top_k: int = 40,
-    seed: int = 42,
+    max_new_tokens: int = DecodingConfig.max_new_tokens,
+    num_beams: int = DecodingConfig.num_beams,
+    do_sample: bool = DecodingConfig.do_sample,
+    temperature: float = DecodingConfig.temperature,
+    top_p: float = DecodingConfig.top_p,
+    top_k: int = DecodingConfig.top_k,
+    seed: int = DecodingConfig.seed,
     batch_size: int = 8,
     share_prefix: bool = True,
-    max_input_tokens: int = 2048,
+    max_input_tokens: int = DecodingConfig.max_input_tokens,
     num_shards: int = 1,
     shard_index: int = 0,
     trust_remote_code: bool = False,
@@ -77,7 +78,7 @@ def main(
         overwrite: replace existing outputs instead of refusing.
     """
     flags = dict(locals())
-    from crossdefense.generation import DecodingConfig, expand_inputs, run_generation
+    from crossdefense.generation import expand_inputs, run_generation
     from crossdefense.runs import short_model_name
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -9,33 +9,31 @@ import sys
 from crossdefense import UserError
 from crossdefense.cli import as_ints, as_list, run
 from crossdefense.demo import DemoConfig, run_demo
-from crossdefense.paths import MINI_DATA_DIR
-from crossdefense.tasks import TASK_NAMES
 
 
 def main(
-    numbers: int | str | tuple = 40,
-    task: str = "summarize",
-    eval_dir: str = str(MINI_DATA_DIR / "evaluation"),
-    eval_tasks: str | tuple = ",".join(TASK_NAMES),
-    eval_limit: int = 12,
-    eval_offset: int = 0,
-    max_steps: int = 32,
-    learning_rate: float = 2e-3,
-    max_new_tokens: int = 32,
-    contrast: bool = False,
-    seeds: int | str | tuple = 42,
-    method: str | tuple = "sft",
+    numbers: int | str | tuple = DemoConfig.numbers,
+    task: str = DemoConfig.task,
+    eval_dir: str = DemoConfig.eval_dir,
+    eval_tasks: str | tuple = DemoConfig.eval_tasks,
+    eval_limit: int = DemoConfig.eval_limit,
+    eval_offset: int = DemoConfig.eval_offset,
+    max_steps: int = DemoConfig.max_steps,
+    learning_rate: float = DemoConfig.learning_rate,
+    max_new_tokens: int = DemoConfig.max_new_tokens,
+    contrast: bool = DemoConfig.contrast,
+    seeds: int | str | tuple = DemoConfig.seeds,
+    method: str | tuple = DemoConfig.methods,
     dpo_learning_rate: float = DemoConfig.dpo_learning_rate,
     beta: float = DemoConfig.beta,
     sft_weight: float = DemoConfig.sft_weight,
     dpo_init: str = DemoConfig.dpo_init,
     dpo_steps: int = DemoConfig.dpo_steps,
-    judge: str | tuple = "keyword,learned",
+    judge: str | tuple = DemoConfig.judges,
     xstest: int = DemoConfig.xstest_per_type,
     capability_limit: int = DemoConfig.capability_limit,
     xstest_path: str = DemoConfig.xstest_path,
-    output_dir: str | None = None,
+    output_dir: str = DemoConfig.output_dir,
 ) -> None:
     """Base model vs summarize-defense LoRA(s) on the mini eval sets of all five tasks.
 
@@ -61,7 +59,8 @@ def main(
         beta: DPO's beta.
         sft_weight: DPO runs: weight of the chosen response's NLL added to the DPO loss.
         dpo_init: base (DPO from a fresh LoRA, reference = the base model) or sft (DPO from
-            each SFT adapter, which is also its reference; pairs on-policy from that adapter).
+            each SFT adapter, which is also its reference; the rejected answers are the base
+            model's own, as for base).
         dpo_steps: optimiser steps of the DPO runs (0 = --max_steps).
         judge: refusal judges (comma-separated, the first gives the headline rate).
         xstest: XSTest prompts per type (18 types, safe and unsafe; 0 = none). Without
@@ -95,7 +94,7 @@ def main(
             xstest_per_type=xstest,
             xstest_path=xstest_path,
             capability_limit=capability_limit,
-            **({"output_dir": output_dir} if output_dir else {}),
+            output_dir=output_dir,
         )
         out = run_demo(cfg)
     except (UserError, ValueError) as e:

@@ -283,3 +283,46 @@ def test_as_ints_refuses_what_is_not_a_whole_number():
     for bad in ("x", "1.5", True, "1,two"):
         with pytest.raises(UserError, match="--seeds: .* is not a whole number"):
             as_ints(bad, "seeds")
+
+
+def _script_main(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize(
+    ("script", "config", "renamed"),
+    [
+        ("training/finetuning.py", "crossdefense.training:TrainConfig", {}),
+        ("generation/generate_answers.py", "crossdefense.generation:DecodingConfig", {}),
+        (
+            "scripts/demo.py",
+            "crossdefense.demo:DemoConfig",
+            {"method": "methods", "judge": "judges", "xstest": "xstest_per_type"},
+        ),
+    ],
+)
+def test_script_defaults_are_the_config_defaults(script, config, renamed):
+    """The config dataclasses are the one home of defaults: a flag's default is the field's."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    module, name = config.split(":")
+    fields = {
+        f.name: f.default
+        for f in dataclasses.fields(getattr(importlib.import_module(module), name))
+        if f.default is not dataclasses.MISSING
+    }
+    params = inspect.signature(_script_main(REPO_ROOT / script)).parameters
+    compared = 0
+    for flag, param in params.items():
+        field = renamed.get(flag, flag)
+        if field in fields and param.default is not inspect.Parameter.empty:
+            assert param.default == fields[field], f"{script} --{flag}"
+            compared += 1
+    assert compared >= 8  # the check saw the flags it is about

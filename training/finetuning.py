@@ -12,45 +12,46 @@ import sys
 
 from crossdefense import UserError
 from crossdefense.cli import run
+from crossdefense.training import TrainConfig
 
 
 def main(
     base_model: str,
     data_path: str = "yahma/alpaca-cleaned",
     output_dir: str = "./lora-alpaca",
-    batch_size: int = 128,
-    micro_batch_size: int = 4,
-    num_epochs: float = 3,
-    learning_rate: float = 3e-4,
-    cutoff_len: int = 256,
-    val_set_size: float = 2000,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    lora_target_modules: str | tuple[str, ...] = ("q_proj", "v_proj"),
-    train_on_inputs: bool = False,
-    add_eos_token: bool = True,
-    group_by_length: bool = False,
-    wandb_project: str = "",
-    wandb_run_name: str = "",
-    wandb_watch: str = "",
-    wandb_log_model: str = "",
-    resume_from_checkpoint: str | None = None,
-    prompt_template_name: str = "alpaca",
-    load_8bit: bool = False,
-    load_4bit: bool = False,
-    seed: int = 42,
-    max_steps: int = -1,
-    report_to: str = "none",
-    gradient_checkpointing: bool = False,
-    trust_remote_code: bool = False,
-    save_steps: int = 200,
-    warmup_steps: int = 10,
-    logging_steps: int = 10,
-    overwrite: bool = False,
-    method: str = "sft",
-    beta: float = 0.1,
-    sft_weight: float = 0.0,
+    batch_size: int = TrainConfig.batch_size,
+    micro_batch_size: int = TrainConfig.micro_batch_size,
+    num_epochs: float = TrainConfig.num_epochs,
+    learning_rate: float = TrainConfig.learning_rate,
+    cutoff_len: int = TrainConfig.cutoff_len,
+    val_set_size: float = TrainConfig.val_set_size,
+    lora_r: int = TrainConfig.lora_r,
+    lora_alpha: int = TrainConfig.lora_alpha,
+    lora_dropout: float = TrainConfig.lora_dropout,
+    lora_target_modules: str | tuple[str, ...] = TrainConfig.lora_target_modules,
+    train_on_inputs: bool = TrainConfig.train_on_inputs,
+    add_eos_token: bool = TrainConfig.add_eos_token,
+    group_by_length: bool = TrainConfig.group_by_length,
+    wandb_project: str = TrainConfig.wandb_project,
+    wandb_run_name: str = TrainConfig.wandb_run_name,
+    wandb_watch: str = TrainConfig.wandb_watch,
+    wandb_log_model: str = TrainConfig.wandb_log_model,
+    resume_from_checkpoint: str | None = TrainConfig.resume_from_checkpoint,
+    prompt_template_name: str = TrainConfig.prompt_template_name,
+    load_8bit: bool = TrainConfig.load_8bit,
+    load_4bit: bool = TrainConfig.load_4bit,
+    seed: int = TrainConfig.seed,
+    max_steps: int = TrainConfig.max_steps,
+    report_to: str = TrainConfig.report_to,
+    gradient_checkpointing: bool = TrainConfig.gradient_checkpointing,
+    trust_remote_code: bool = TrainConfig.trust_remote_code,
+    save_steps: int = TrainConfig.save_steps,
+    warmup_steps: int = TrainConfig.warmup_steps,
+    logging_steps: int = TrainConfig.logging_steps,
+    overwrite: bool = TrainConfig.overwrite,
+    method: str = TrainConfig.method,
+    beta: float = TrainConfig.beta,
+    sft_weight: float = TrainConfig.sft_weight,
 ) -> None:
     """Train a LoRA adapter; writes adapter (safetensors), run_config.json and the template.
 
@@ -101,7 +102,7 @@ def main(
             Pang et al. 2024); 0 (default) is plain DPO.
     """
     flags = dict(locals())
-    from crossdefense.training import TrainConfig, is_main_process, normalise_modules, train
+    from crossdefense.training import is_main_process, normalise_modules, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
