@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,12 @@ from crossdefense.io import (
     output_lock,
     path_component,
     read_json,
+    run_metadata,
     sha256_file,
     write_json,
 )
 from crossdefense.prompts import Prompter
-from crossdefense.runs import output_paths, shard_suffix, short_model_name
+from crossdefense.runs import OutputPaths, output_paths, shard_suffix, short_model_name
 from crossdefense.tasks import detect_task, doc_kind
 
 log = logging.getLogger(__name__)
@@ -521,6 +522,17 @@ def eval_metadata(eval_path: Path, records: list[Record]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Job:
+    """One eval file of a run: its records (this shard's), where its answers go, and the
+    answers already there from an interrupted run."""
+
+    eval_path: Path
+    records: list[Record]
+    paths: OutputPaths
+    done: dict[str, dict] = field(default_factory=dict)
+
+
 def run_generation(
     *,
     base_model: str,
@@ -543,9 +555,78 @@ def run_generation(
 ) -> list[Path]:
     """Validate everything, load the model once, then generate every eval file in turn."""
     from crossdefense import modeling
-    from crossdefense.io import run_metadata
-    from crossdefense.prompts import load_prompter, stored_prompter
 
+    run_name = check_request(output_path, run_name, input_paths, batch_size)
+    modeling.check_quantization(load_8bit, load_4bit)
+    modeling.check_base_model(base_model)
+    if lora_weights:
+        modeling.check_adapter_dir(lora_weights)
+    # The template is resolved before the model loads: bad names fail fast, and the settings
+    # fingerprint (which decides resume and skip) needs no model.
+    prompter = resolve_prompter(prompt_template, lora_weights)
+    fingerprint = config_fingerprint(
+        generation_settings(base_model, lora_weights, prompter, cfg, load_8bit, load_4bit)
+    )
+    # every eval file is read (and so validated) once, before anything is written
+    eval_records = [(Path(path), read_eval_records(path)) for path in input_paths]
+    suffix = shard_suffix(shard_index, num_shards)
+    # shards of one run write different files into one folder: one lock per shard
+    lock = f"{LOCK_FILE.removesuffix('.lock')}{suffix}.lock"
+    with output_lock(Path(output_path) / run_name, "generation", name=lock):
+        jobs = plan_jobs(
+            eval_records, output_path, run_name, suffix, fingerprint, skip_existing, overwrite
+        )
+        if not jobs:
+            return []
+        for job in jobs:  # read before the model loads: a corrupt progress file fails fast
+            job.records = shard(job.records, num_shards, shard_index)
+            job.done = {} if overwrite else load_done(job.paths.jsonl, fingerprint, job.records)
+            log.info(
+                "%s: %d records, %d already done", job.eval_path, len(job.records), len(job.done)
+            )
+        model, tokenizer = load_model(
+            base_model, lora_weights, prompter, load_8bit, load_4bit, trust_remote_code
+        )
+        if overwrite:  # only now that the model is loaded: a failed load loses nothing
+            for job in jobs:
+                job.paths.jsonl.unlink(missing_ok=True)
+        run_meta = {
+            "run_name": run_name,
+            "model_name": short_model_name(base_model),
+            "train": train_facts(lora_weights),
+            "generation": {
+                **cfg.to_dict(),
+                "batch_size": batch_size,
+                "share_prefix": share_prefix,
+                "load_4bit": load_4bit,
+                "shard": [shard_index, num_shards],
+            },
+            "config_fingerprint": fingerprint,
+            **{k: v for k, v in run_metadata(flags or {}).items() if k in RUN_META_KEYS},
+        }
+        generate_jobs(jobs, model, tokenizer, prompter, cfg, batch_size, fingerprint, share_prefix)
+        parameters = {
+            "model": base_model,
+            "prompt_template": prompter.name,
+            "lora_weights": lora_weights,
+            "load_8bit": load_8bit,
+        }
+        written = []
+        for job in jobs:
+            metadata = {**run_meta, **eval_metadata(job.eval_path, job.records)}
+            write_json(job.paths.final, final_document(job.records, job.done, parameters, metadata))
+            written.append(job.paths.final)
+        return written
+
+
+RUN_META_KEYS = ("command", "git_hash", "versions", "date")
+
+
+def check_request(
+    output_path: str | Path, run_name: Any, input_paths: list[Path], batch_size: int
+) -> str:
+    """The run name (one path component), the output folder and the inputs, checked before
+    anything loads; returns the run name."""
     run_name = path_component(run_name, "--run_name")
     out_root = Path(output_path)
     if out_root.exists() and not out_root.is_dir():
@@ -565,20 +646,31 @@ def run_generation(
                 "overwrite each other; rename one"
             )
         stems[Path(path).stem] = Path(path)
-    modeling.check_quantization(load_8bit, load_4bit)
-    modeling.check_base_model(base_model)
-    if lora_weights:
-        modeling.check_adapter_dir(lora_weights)
-    # The template is resolved before the model loads: bad names fail fast, and the settings
-    # fingerprint (which decides resume and skip) needs no model.
-    prompter = None
+    return run_name
+
+
+def resolve_prompter(prompt_template: str | None, lora_weights: str | None) -> Prompter:
+    """The template asked for, else the one stored with the adapter, else alpaca."""
+    from crossdefense.prompts import load_prompter, stored_prompter
+
     if prompt_template:
-        prompter = load_prompter(prompt_template)
-    elif lora_weights:
-        prompter = stored_prompter(lora_weights)
-    if prompter is None:
-        prompter = load_prompter("alpaca")
-    settings = {
+        return load_prompter(prompt_template)
+    stored = stored_prompter(lora_weights) if lora_weights else None
+    return stored if stored is not None else load_prompter("alpaca")
+
+
+def generation_settings(
+    base_model: str,
+    lora_weights: str | None,
+    prompter: Prompter,
+    cfg: DecodingConfig,
+    load_8bit: bool,
+    load_4bit: bool,
+) -> dict[str, Any]:
+    """Everything that decides what an answer is: the run's settings fingerprint hashes it."""
+    from crossdefense import modeling
+
+    return {
         "base_model": base_model,
         # a local base model's weight files (names, sizes, modification times): weights
         # replaced in place invalidate old outputs, as a retrained adapter does
@@ -591,102 +683,98 @@ def run_generation(
         "load_8bit": load_8bit,
         "load_4bit": load_4bit,
     }
-    fingerprint = config_fingerprint(settings)
-    # every eval file is read (and so validated) once, before anything is written
-    eval_records = [(path, read_eval_records(path)) for path in input_paths]
-    suffix = shard_suffix(shard_index, num_shards)
-    # shards of one run write different files into one folder: one lock per shard
-    lock = f"{LOCK_FILE.removesuffix('.lock')}{suffix}.lock"
-    with output_lock(Path(output_path) / run_name, "generation", name=lock):
-        jobs = []
-        for path, records in eval_records:
-            paths = output_paths(output_path, run_name, path, suffix)
-            if paths.final.is_symlink() or paths.jsonl.is_symlink():
-                raise UserError(
-                    f"{paths.final.parent}: {paths.jsonl.name} or {paths.final.name} is a "
-                    "symbolic link; outputs are written only inside the run folder"
-                )
-            if Path(path).resolve() in (paths.final.resolve(), paths.jsonl.resolve()):
-                raise UserError(
-                    f"{path}: the eval file is also this run's output; choose another "
-                    "--output_path or --run_name"
-                )
-            if paths.final.exists():
-                if skip_existing and _made_by(paths.final) == (fingerprint, sha256_file(path)):
-                    log.info("%s: done with the same settings and eval file, skipped", paths.final)
-                    continue
-                if not overwrite:
-                    raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
-            jobs.append((path, shard(records, num_shards, shard_index), paths))
-        if not jobs:
-            return []
 
-        # what is already done, read before the model loads: a corrupt progress file fails fast
-        pooled: list[Record] = []
-        owner: list[int] = []  # which job each pooled record belongs to
-        rows_by_job: list[dict[str, dict]] = []
-        for j, (eval_path, records, paths) in enumerate(jobs):
-            done = {} if overwrite else load_done(paths.jsonl, fingerprint, records)
-            rows_by_job.append(done)
-            todo = [r for r in records if r.id not in done]
-            log.info("%s: %d records, %d already done", eval_path, len(records), len(done))
-            pooled.extend(todo)
-            owner.extend([j] * len(todo))
 
-        tokenizer = modeling.load_tokenizer(base_model, trust_remote_code)
-        prompter.tokenizer = tokenizer
-        prompter.build("check", "")  # a chat template on a tokenizer without one fails here
-        model = modeling.load_base_model(base_model, load_8bit, load_4bit, trust_remote_code)
-        if lora_weights:
-            model = modeling.load_adapter(model, lora_weights)
-        model.eval()
-        meta_common = run_metadata(flags or {})
-        if overwrite:  # only now that the model is loaded: a failed load loses nothing
-            for _, _, paths in jobs:
-                paths.jsonl.unlink(missing_ok=True)
+def plan_jobs(
+    eval_records: list[tuple[Path, list[Record]]],
+    output_path: str | Path,
+    run_name: str,
+    suffix: str,
+    fingerprint: str,
+    skip_existing: bool,
+    overwrite: bool,
+) -> list[Job]:
+    """The eval files still to answer (held under the run's lock): an output made the same
+    way is skipped with --skip_existing, any other existing output needs --overwrite."""
+    jobs = []
+    for path, records in eval_records:
+        paths = output_paths(output_path, run_name, path, suffix)
+        if paths.final.is_symlink() or paths.jsonl.is_symlink():
+            raise UserError(
+                f"{paths.final.parent}: {paths.jsonl.name} or {paths.final.name} is a "
+                "symbolic link; outputs are written only inside the run folder"
+            )
+        if path.resolve() in (paths.final.resolve(), paths.jsonl.resolve()):
+            raise UserError(
+                f"{path}: the eval file is also this run's output; choose another "
+                "--output_path or --run_name"
+            )
+        if paths.final.exists():
+            if skip_existing and _made_by(paths.final) == (fingerprint, sha256_file(path)):
+                log.info("%s: done with the same settings and eval file, skipped", paths.final)
+                continue
+            if not overwrite:
+                raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
+        jobs.append(Job(path, records, paths))
+    return jobs
 
-        def keep(i: int, row: dict) -> None:
-            row = {**row, "config": fingerprint, "record_hash": record_hash(fingerprint, pooled[i])}
-            append_row(jobs[owner[i]][2].jsonl, row)
-            rows_by_job[owner[i]][row["id"]] = row
 
-        generate_records(
-            model,
-            tokenizer,
-            prompter,
-            pooled,
-            cfg,
-            batch_size,
-            on_result=keep,
-            share_prefix=share_prefix,
-        )
+def load_model(
+    base_model: str,
+    lora_weights: str | None,
+    prompter: Prompter,
+    load_8bit: bool,
+    load_4bit: bool,
+    trust_remote_code: bool,
+) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer); the prompter gets the tokenizer (a chat template on a
+    tokenizer without one fails here, before the weights load)."""
+    from crossdefense import modeling
 
-        parameters = {
-            "model": base_model,
-            "prompt_template": prompter.name,
-            "lora_weights": lora_weights,
-            "load_8bit": load_8bit,
-        }
-        run_meta = {
-            "run_name": run_name,
-            "model_name": short_model_name(base_model),
-            "train": train_facts(lora_weights),
-            "generation": {
-                **cfg.to_dict(),
-                "batch_size": batch_size,
-                "share_prefix": share_prefix,
-                "load_4bit": load_4bit,
-                "shard": [shard_index, num_shards],
-            },
-            "config_fingerprint": fingerprint,
-            **{k: meta_common[k] for k in ("command", "git_hash", "versions", "date")},
-        }
-        written = []
-        for (eval_path, records, paths), rows in zip(jobs, rows_by_job, strict=True):
-            metadata = {**run_meta, **eval_metadata(eval_path, records)}
-            write_json(paths.final, final_document(records, rows, parameters, metadata))
-            written.append(paths.final)
-        return written
+    tokenizer = modeling.load_tokenizer(base_model, trust_remote_code)
+    prompter.tokenizer = tokenizer
+    prompter.build("check", "")
+    model = modeling.load_base_model(base_model, load_8bit, load_4bit, trust_remote_code)
+    if lora_weights:
+        model = modeling.load_adapter(model, lora_weights)
+    model.eval()
+    return model, tokenizer
+
+
+def generate_jobs(
+    jobs: list[Job],
+    model: Any,
+    tokenizer: Any,
+    prompter: Prompter,
+    cfg: DecodingConfig,
+    batch_size: int,
+    fingerprint: str,
+    share_prefix: bool,
+) -> None:
+    """Answer every record not yet done, all files pooled into one length-sorted stream (so
+    batches fill across files); each answer is appended to its file's progress log at once."""
+    pooled: list[Record] = []
+    owner: list[Job] = []
+    for job in jobs:
+        todo = [r for r in job.records if r.id not in job.done]
+        pooled.extend(todo)
+        owner.extend([job] * len(todo))
+
+    def keep(i: int, row: dict) -> None:
+        row = {**row, "config": fingerprint, "record_hash": record_hash(fingerprint, pooled[i])}
+        append_row(owner[i].paths.jsonl, row)
+        owner[i].done[row["id"]] = row
+
+    generate_records(
+        model,
+        tokenizer,
+        prompter,
+        pooled,
+        cfg,
+        batch_size,
+        on_result=keep,
+        share_prefix=share_prefix,
+    )
 
 
 def _made_by(final: Path) -> tuple[str | None, str | None]:
