@@ -371,15 +371,7 @@ def build_defense_data(
     with `rejected_path` = its output).
     """
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
-    if format not in FORMATS:
-        raise UserError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
-    if format == "dpo" and rejected_path is None:
-        raise UserError(
-            "--format dpo needs --rejected_path: the model's own answers to the refusal prompts "
-            "(write them with --format prompts, answer them with generation/generate_answers.py)"
-        )
-    if format != "dpo" and rejected_path is not None:
-        raise UserError(f"--rejected_path is read only with --format dpo (not {format})")
+    _check_format(format, rejected_path)
     rejected = load_rejected(rejected_path) if format == "dpo" else None
     tasks = list(TASK_NAMES) if task == MIX else [get_task(task).name]
     if (num_defense is None) == (grid is None):
@@ -392,29 +384,12 @@ def build_defense_data(
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: --output_dir exists and is not a directory")
 
-    alpaca = load_alpaca(alpaca_path)
-    safety = load_safety(safety_path)
-    max_docs = max(ns) * len(tasks)
-    sources: dict[str, Any] = {"alpaca": alpaca.meta, "safety": safety.meta}
-    documents: list[Document] = []
-    refusals: Refusals | None = None
-    if max_docs:
-        if documents_path is None or refusals_path is None:
-            raise UserError("--documents_path and --refusals_path are needed when N > 0")
-        docs_src, ref_src = load_documents(documents_path), load_refusals(refusals_path)
-        sources |= {"documents": docs_src.meta, "refusals": ref_src.meta}
-        documents, refusals = docs_src.records, ref_src.records[0]
-        if max_docs > len(documents):
-            per = f" ({max(ns)} per task x {len(tasks)} tasks)" if task == MIX else ""
-            raise UserError(
-                f"{documents_path}: N={max(ns)} needs {max_docs} documents{per}, "
-                f"the pool has {len(documents)}"
-            )
-    if num_safety > len(safety.records):
+    pools = load_pools(alpaca_path, safety_path, documents_path, refusals_path, max(ns), tasks)
+    if num_safety > len(pools.safety.records):
         raise UserError(
-            f"{safety_path}: --num_safety={num_safety} but the pool has {len(safety.records)}"
+            f"{safety_path}: --num_safety={num_safety} but the pool has {len(pools.safety.records)}"
         )
-    n_alpaca = min(alpaca_size, len(alpaca.records))
+    n_alpaca = min(alpaca_size, len(pools.alpaca.records))
     if n_alpaca < alpaca_size:
         logger.warning(
             "%s has %d records, fewer than --alpaca_size=%d: using all",
@@ -422,115 +397,33 @@ def build_defense_data(
             n_alpaca,
             alpaca_size,
         )
-
-    # One stream per purpose, seeded by name, so changing N never changes the other samples.
-    def rng(purpose: str) -> random.Random:
-        return random.Random(f"{seed}:{purpose}")
-
-    def first(purpose: str, pool_size: int, k: int) -> list[int]:
-        # A prefix of a seeded permutation (not random.sample, whose draws depend on k): a
-        # smaller k is always a subset of a larger one, across separate calls too.
-        order = list(range(pool_size))
-        rng(purpose).shuffle(order)
-        return order[:k]
-
-    alpaca_idx = first("alpaca", len(alpaca.records), n_alpaca)
-    safety_idx = first("safety", len(safety.records), num_safety)
-    doc_order = first("documents", len(documents), max_docs)
-    # Round-robin over tasks keeps every prefix balanced: mix N uses the first 5N documents.
-    plan = []
-    refusal_rng = rng("refusals")
-    for pos, d in enumerate(doc_order):
-        doc = documents[d]
-        if refusals.pool is not None:
-            r_idx = refusal_rng.randrange(len(refusals.pool))
-            refusal = refusals.pool[r_idx]
-        else:
-            r_idx, refusal = None, refusals.for_document(doc)
-            if refusal is None:
-                raise UserError(
-                    f"{refusals_path}: no refusal for document {doc.id!r} (from {documents_path})"
-                )
-        t = get_task(tasks[pos % len(tasks)])
-        text = doc.text.lower() if t.name == "case" else doc.text
-        example = {"instruction": t.join(text), "input": "", "output": refusal}
-        plan.append(
-            (
-                {
-                    "document_index": d,
-                    "document_id": doc.id,
-                    "task": t.name,
-                    "refusal_index": r_idx,
-                },
-                example,
-            )
-        )
-
-    leaks: list[dict[str, Any]] = []
-    leakage: dict[str, Any] = {"checked": False}
-    if eval_dir is not None and plan:
-        evaluation, files = eval_documents(eval_dir)
-        leaks = find_leaks([documents[p["document_index"]] for p, _ in plan], evaluation)
-        leakage = {
-            "checked": True,
-            "eval_dir": str(Path(eval_dir).resolve()),
-            "eval_files": files,
-            "ngram": NGRAM,
-            "jaccard_threshold": JACCARD_THRESHOLD,
-        }
-        if leaks and not allow_leakage:
-            raise UserError(_leak_message(leaks))
-
-    suffix = {"sft": ".json", "dpo": ".dpo.json", "prompts": ".prompts.json"}[format]
-    names = {n: mixture_name(num_safety, n, task).removesuffix(".json") + suffix for n in ns}
-    if format == "prompts":
-        names = {max(ns): names[max(ns)]}  # the largest N's prompts cover every smaller N
-    targets = {n: out_dir / name for n, name in names.items()}
-    inputs = [alpaca_path, safety_path, documents_path, refusals_path, rejected_path]
-    given = {Path(p).resolve() for p in inputs if p is not None and Path(p).exists()}
-    for path in targets.values():
-        if {path.resolve(), manifest_path(path).resolve()} & given:
-            raise UserError(f"{path}: is also an input of this build; choose another --output_dir")
-        for p in (path, manifest_path(path)):
-            if p.exists() and not overwrite:
-                raise UserError(f"{p}: already exists (pass --overwrite to replace it)")
-
-    base = [alpaca.records[i] for i in alpaca_idx] + [safety.records[i] for i in safety_idx]
-    kinds = ["benign"] * len(alpaca_idx) + ["safety"] * len(safety_idx)
+    sample = draw_sample(pools, tasks, n_alpaca, num_safety, max(ns), seed, refusals_path)
+    leaks, leakage = check_leakage(pools, sample.plan, eval_dir, allow_leakage)
+    targets = output_targets(
+        out_dir,
+        task,
+        ns,
+        num_safety,
+        format,
+        [alpaca_path, safety_path, documents_path, refusals_path, rejected_path],
+        overwrite,
+    )
     if format == "prompts":
         path = targets[max(ns)]
-        refuse = [r for r, k in zip(base, kinds, strict=True) if k == "safety"]
-        refuse += [ex for _, ex in plan[: max(ns) * len(tasks)]]
-        write_json(path, refusal_prompts(refuse))
-        write_json(
-            manifest_path(path),
-            {
-                "prompts": path.name,
-                "num_records": len(refuse),
-                "for": "generation/generate_answers.py, then --format dpo --rejected_path",
-                "task": task,
-                "num_defense": max(ns),
-                "num_safety": num_safety,
-                "seed": seed,
-                "sources": sources,
-                "provenance": run_metadata(flags),
-            },
-        )
-        logger.info("wrote %s (%d prompts to answer)", path, len(refuse))
-        return [path]
-    pool = refusal_pool(refusals, plan) if format == "dpo" else []
+        return [write_prompts(path, sample, pools.sources, task, max(ns), num_safety, seed, flags)]
+    pool = refusal_pool(pools.refusals, sample.plan) if format == "dpo" else []
     for n, path in targets.items():
-        chosen = plan[: n * len(tasks)]
-        records = base + [ex for _, ex in chosen]
-        record_kinds = kinds + ["defense"] * len(chosen)
+        chosen = sample.plan[: n * len(tasks)]
+        records = sample.base + [ex for _, ex in chosen]
+        record_kinds = sample.kinds + ["defense"] * len(chosen)
         order = list(range(len(records)))
-        rng("shuffle").shuffle(order)
+        sample.rng("shuffle").shuffle(order)
         records = [records[i] for i in order]
         record_kinds = [record_kinds[i] for i in order]
         pref_counts = None
         if format == "dpo":
             records, pref_counts = preference_pairs(
-                records, record_kinds, rejected, pool, rng("dpo-rejected"), rejected_path
+                records, record_kinds, rejected, pool, sample.rng("dpo-rejected"), rejected_path
             )
         ids = {p["document_id"] for p, _ in chosen}
         manifest = {
@@ -546,10 +439,10 @@ def build_defense_data(
                 "safety": num_safety,
                 "defense": dict(Counter(p["task"] for p, _ in chosen)),
             },
-            "sources": sources,
+            "sources": pools.sources,
             "sampled": {
-                "alpaca": alpaca_idx,
-                "safety": safety_idx,
+                "alpaca": sample.alpaca_idx,
+                "safety": sample.safety_idx,
                 "defense": [p for p, _ in chosen],
             },
             "leakage": {**leakage, "matches": [m for m in leaks if m["document_id"] in ids]},
@@ -563,6 +456,206 @@ def build_defense_data(
         write_json(manifest_path(path), manifest)
         logger.info("wrote %s (%d records)", path, len(records))
     return list(targets.values())
+
+
+def _check_format(format: str, rejected_path: str | Path | None) -> None:
+    if format not in FORMATS:
+        raise UserError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    if format == "dpo" and rejected_path is None:
+        raise UserError(
+            "--format dpo needs --rejected_path: the model's own answers to the refusal prompts "
+            "(write them with --format prompts, answer them with generation/generate_answers.py)"
+        )
+    if format != "dpo" and rejected_path is not None:
+        raise UserError(f"--rejected_path is read only with --format dpo (not {format})")
+
+
+@dataclass
+class Pools:
+    """The loaded inputs of a build and how the manifest cites them."""
+
+    alpaca: Source
+    safety: Source
+    documents: list[Document]
+    refusals: Refusals | None
+    sources: dict[str, Any]
+
+
+def load_pools(
+    alpaca_path: str | Path,
+    safety_path: str | Path,
+    documents_path: str | Path | None,
+    refusals_path: str | Path | None,
+    max_n: int,
+    tasks: list[str],
+) -> Pools:
+    """Alpaca, the safety pool and (when N > 0) the harmful documents and their refusals."""
+    max_docs = max_n * len(tasks)
+    alpaca = load_alpaca(alpaca_path)
+    safety = load_safety(safety_path)
+    sources: dict[str, Any] = {"alpaca": alpaca.meta, "safety": safety.meta}
+    documents: list[Document] = []
+    refusals: Refusals | None = None
+    if max_docs:
+        if documents_path is None or refusals_path is None:
+            raise UserError("--documents_path and --refusals_path are needed when N > 0")
+        docs_src, ref_src = load_documents(documents_path), load_refusals(refusals_path)
+        sources |= {"documents": docs_src.meta, "refusals": ref_src.meta}
+        documents, refusals = docs_src.records, ref_src.records[0]
+        if max_docs > len(documents):
+            per = f" ({max_n} per task x {len(tasks)} tasks)" if len(tasks) > 1 else ""
+            raise UserError(
+                f"{documents_path}: N={max_n} needs {max_docs} documents{per}, "
+                f"the pool has {len(documents)}"
+            )
+    return Pools(alpaca, safety, documents, refusals, sources)
+
+
+@dataclass
+class Sample:
+    """What a build draws: Alpaca and safety rows, and the defense plan of the largest N
+    (each smaller N takes a prefix of it)."""
+
+    seed: int
+    alpaca_idx: list[int]
+    safety_idx: list[int]
+    base: list[dict[str, Any]]  # the drawn Alpaca then safety records
+    kinds: list[str]  # "benign" / "safety" per base record
+    plan: list[tuple[dict[str, Any], dict[str, Any]]]  # (provenance, defense example)
+
+    def rng(self, purpose: str) -> random.Random:
+        """One stream per purpose, seeded by name, so changing N never changes the others."""
+        return random.Random(f"{self.seed}:{purpose}")
+
+
+def draw_sample(
+    pools: Pools,
+    tasks: list[str],
+    n_alpaca: int,
+    num_safety: int,
+    max_n: int,
+    seed: int,
+    refusals_path: str | Path | None,
+) -> Sample:
+    sample = Sample(seed, [], [], [], [], [])
+
+    def first(purpose: str, pool_size: int, k: int) -> list[int]:
+        # A prefix of a seeded permutation (not random.sample, whose draws depend on k): a
+        # smaller k is always a subset of a larger one, across separate calls too.
+        order = list(range(pool_size))
+        sample.rng(purpose).shuffle(order)
+        return order[:k]
+
+    sample.alpaca_idx = first("alpaca", len(pools.alpaca.records), n_alpaca)
+    sample.safety_idx = first("safety", len(pools.safety.records), num_safety)
+    doc_order = first("documents", len(pools.documents), max_n * len(tasks))
+    # Round-robin over tasks keeps every prefix balanced: mix N uses the first 5N documents.
+    refusals = pools.refusals
+    refusal_rng = sample.rng("refusals")
+    for pos, d in enumerate(doc_order):
+        doc = pools.documents[d]
+        if refusals.pool is not None:
+            r_idx = refusal_rng.randrange(len(refusals.pool))
+            refusal = refusals.pool[r_idx]
+        else:
+            r_idx, refusal = None, refusals.for_document(doc)
+            if refusal is None:
+                raise UserError(f"{refusals_path}: no refusal for document {doc.id!r}")
+        t = get_task(tasks[pos % len(tasks)])
+        text = doc.text.lower() if t.name == "case" else doc.text
+        example = {"instruction": t.join(text), "input": "", "output": refusal}
+        provenance = {
+            "document_index": d,
+            "document_id": doc.id,
+            "task": t.name,
+            "refusal_index": r_idx,
+        }
+        sample.plan.append((provenance, example))
+    sample.base = [pools.alpaca.records[i] for i in sample.alpaca_idx] + [
+        pools.safety.records[i] for i in sample.safety_idx
+    ]
+    sample.kinds = ["benign"] * len(sample.alpaca_idx) + ["safety"] * len(sample.safety_idx)
+    return sample
+
+
+def check_leakage(
+    pools: Pools,
+    plan: list[tuple[dict[str, Any], dict[str, Any]]],
+    eval_dir: str | Path | None,
+    allow_leakage: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(matches, what the manifest records of the check): an error on any match unless allowed."""
+    if eval_dir is None or not plan:
+        return [], {"checked": False}
+    evaluation, files = eval_documents(eval_dir)
+    leaks = find_leaks([pools.documents[p["document_index"]] for p, _ in plan], evaluation)
+    leakage = {
+        "checked": True,
+        "eval_dir": str(Path(eval_dir).resolve()),
+        "eval_files": files,
+        "ngram": NGRAM,
+        "jaccard_threshold": JACCARD_THRESHOLD,
+    }
+    if leaks and not allow_leakage:
+        raise UserError(_leak_message(leaks))
+    return leaks, leakage
+
+
+def output_targets(
+    out_dir: Path,
+    task: str,
+    ns: list[int],
+    num_safety: int,
+    format: str,
+    inputs: list[str | Path | None],
+    overwrite: bool,
+) -> dict[int, Path]:
+    """{N: file} to write; none may be an input or (without --overwrite) exist already."""
+    suffix = {"sft": ".json", "dpo": ".dpo.json", "prompts": ".prompts.json"}[format]
+    names = {n: mixture_name(num_safety, n, task).removesuffix(".json") + suffix for n in ns}
+    if format == "prompts":
+        names = {max(ns): names[max(ns)]}  # the largest N's prompts cover every smaller N
+    targets = {n: out_dir / name for n, name in names.items()}
+    given = {Path(p).resolve() for p in inputs if p is not None and Path(p).exists()}
+    for path in targets.values():
+        if {path.resolve(), manifest_path(path).resolve()} & given:
+            raise UserError(f"{path}: is also an input of this build; choose another --output_dir")
+        for p in (path, manifest_path(path)):
+            if p.exists() and not overwrite:
+                raise UserError(f"{p}: already exists (pass --overwrite to replace it)")
+    return targets
+
+
+def write_prompts(
+    path: Path,
+    sample: Sample,
+    sources: dict[str, Any],
+    task: str,
+    max_n: int,
+    num_safety: int,
+    seed: int,
+    flags: dict[str, Any],
+) -> Path:
+    """`--format prompts`: the safety and defense prompts of the largest N, as an eval file."""
+    refuse = [r for r, k in zip(sample.base, sample.kinds, strict=True) if k == "safety"]
+    refuse += [ex for _, ex in sample.plan]
+    write_json(path, refusal_prompts(refuse))
+    write_json(
+        manifest_path(path),
+        {
+            "prompts": path.name,
+            "num_records": len(refuse),
+            "for": "generation/generate_answers.py, then --format dpo --rejected_path",
+            "task": task,
+            "num_defense": max_n,
+            "num_safety": num_safety,
+            "seed": seed,
+            "sources": sources,
+            "provenance": run_metadata(flags),
+        },
+    )
+    logger.info("wrote %s (%d prompts to answer)", path, len(refuse))
+    return path
 
 
 FORMATS = ("sft", "dpo", "prompts")
