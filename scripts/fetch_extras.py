@@ -12,7 +12,7 @@ from pathlib import Path
 
 from crossdefense import UserError
 from crossdefense.cli import run
-from crossdefense.mixture import attach_cnn_references, fetch_alpaca, fetch_beavertails_unsafe
+from crossdefense.extras import attach_cnn_references, fetch_alpaca, fetch_beavertails_unsafe
 
 
 def main(dest: str, evaluation_dir: str) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from crossdefense import UserError
+from crossdefense.extras import match_references
 from crossdefense.io import sha256_file
-from crossdefense.mixture import build_defense_data, match_references, normalize_grid
+from crossdefense.mixture import build_defense_data, normalize_grid
 from crossdefense.paths import REPO_ROOT
 from crossdefense.runs import manifest_path, mixture_name, parse_mixture_name
 from crossdefense.tasks import TASKS, detect_task, split_prompt
