@@ -30,7 +30,7 @@ from typing import Any
 from crossdefense import UserError
 from crossdefense.io import output_lock, path_component, read_json, read_jsonl, sha256_file
 from crossdefense.paths import REPO_ROOT
-from crossdefense.scoring import SCORES_FILE, SUMMARY_FILE
+from crossdefense.scoring import ROW_FIELDS, SCORES_FILE, SUMMARY_FILE
 from crossdefense.tasks import split_prompt
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,7 @@ NAME_SEPARATOR = "__"
 INPUT_SEPARATOR = "\n\n"
 # scores.jsonl keys that have a place of their own in a sample; any other key of a row
 # (e.g. `kind`, `type` of XSTest records) is copied into the sample's metadata as it is
-ROW_KEYS = (
-    "run",
-    "eval_stem",
-    "id",
-    "eval_task",
-    "doc_kind",
-    "refusal_label",
-    "judges",
-    "metrics",
-    "output",
-)
+ROW_KEYS = ROW_FIELDS
 # summary.json result keys copied into the log's metadata under "summary"
 SUMMARY_KEYS = (
     "n",

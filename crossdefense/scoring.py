@@ -47,6 +47,19 @@ SUMMARY_FILE = "summary.json"
 # 2: Wilson intervals (was a percentile bootstrap), `unparsed` labels, judge agreement,
 #    paired McNemar tests against the base model, a `seed` fact.
 SCHEMA_VERSION = 2
+# The fixed fields of a scores.jsonl row, in order (a record with a category adds `type`);
+# the readers of scores.jsonl (the Inspect export, the trackers' sample table) take them here.
+ROW_FIELDS = (
+    "run",
+    "eval_stem",
+    "id",
+    "eval_task",
+    "doc_kind",
+    "refusal_label",
+    "judges",
+    "metrics",
+    "output",
+)
 
 # ----------------------------------------------------------------------------- inputs
 

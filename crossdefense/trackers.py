@@ -194,14 +194,11 @@ def sample_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[A
         for m, v in r.get("metrics", {}).items():
             if m in utility and _num(v) is not None and m not in metric_names:
                 metric_names.append(m)
+    from crossdefense.scoring import ROW_FIELDS
+
+    facts = [k for k in ROW_FIELDS if k not in ("judges", "metrics")]
     columns = [
-        "run",
-        "eval_stem",
-        "id",
-        "eval_task",
-        "doc_kind",
-        "refusal_label",
-        "output",
+        *facts,
         *[f"{n}_{k}" for n in judges for k in ("label", "score")],
         *metric_names,
     ]
@@ -210,13 +207,7 @@ def sample_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[A
         verdicts = r.get("judges", {})
         data.append(
             [
-                r.get("run"),
-                r.get("eval_stem"),
-                str(r.get("id")),
-                r.get("eval_task"),
-                r.get("doc_kind"),
-                r.get("refusal_label"),
-                r.get("output"),
+                *[str(r.get(k)) if k == "id" else r.get(k) for k in facts],
                 *[
                     x
                     for n in judges

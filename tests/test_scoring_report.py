@@ -15,6 +15,7 @@ from crossdefense.judges import make_judge
 from crossdefense.report import REPORT_FILES, choose_heatmap_n, make_report, pareto_front
 from crossdefense.runs import train_from_name
 from crossdefense.scoring import (
+    ROW_FIELDS,
     SCORES_FILE,
     SUMMARY_FILE,
     attach_references,
@@ -240,6 +241,7 @@ def test_scores_jsonl_rows_and_several_judges(gen_root, tmp_path):
     score(str(run_dir), tmp_path / "s", judges=("keyword", "keyword_prefix"))
     rows = [json.loads(x) for x in (tmp_path / "s" / SCORES_FILE).read_text().splitlines()]
     assert len(rows) == 4 * N
+    assert all(tuple(r) == ROW_FIELDS for r in rows)  # the fields its readers take from there
     first = rows[0]
     assert first["run"] == "sum10" and first["id"] == "test_summarize-0"
     assert first["refusal_label"] == "refusal"
