@@ -84,3 +84,25 @@ def train_bpe(texts: list[str], specials: list[str], vocab_size: int) -> tuple[d
     tok.train_from_iterator(texts, trainer=trainer)
     m = json.loads(tok.to_str())["model"]
     return m["vocab"], [tuple(x) for x in m["merges"]]
+
+
+def generate(model_dir: Path, inputs: list[Path], out: Path, **kw):
+    """`run_generation` on the tiny model with short greedy answers; `kw` overrides any
+    argument (`lora_weights=`, `run_name=`, `cfg=`, ...)."""
+    from crossdefense.generation import DecodingConfig, run_generation
+
+    args = dict(
+        base_model=str(model_dir),
+        lora_weights=None,
+        input_paths=inputs,
+        output_path=str(out),
+        run_name="tiny",
+        prompt_template=None,
+        cfg=DecodingConfig(max_new_tokens=6, num_beams=1),
+        batch_size=3,
+        load_8bit=False,
+        load_4bit=False,
+        trust_remote_code=False,
+        overwrite=False,
+    )
+    return run_generation(**{**args, **kw})

@@ -122,9 +122,9 @@ def test_dpo_moves_lora_not_base_and_keeps_the_reference(dpo_trained, tiny_model
 
 
 def test_dpo_adapter_reloads_and_records_its_method(dpo_trained, tiny_model_dir, tmp_path):
-    from crossdefense.generation import DecodingConfig, run_generation
+    from crossdefense.generation import DecodingConfig
     from crossdefense.scoring import score_paths
-    from tests.helpers import write_eval
+    from tests.helpers import generate, write_eval
 
     cfg, _ = dpo_trained
     out = cfg.output_dir
@@ -139,19 +139,13 @@ def test_dpo_adapter_reloads_and_records_its_method(dpo_trained, tiny_model_dir,
     assert rc["config"]["method"] == "dpo"
     logged = {k for h in rc["log_history"] for k in h}
     assert {"loss", "rewards/margins", "rewards/accuracies"} <= logged, logged
-    [final] = run_generation(
-        base_model=str(tiny_model_dir),
+    [final] = generate(
+        tiny_model_dir,
+        [write_eval(tmp_path / "test_summarize.json", n=3)],
+        tmp_path / "gen",
         lora_weights=str(ckpt),
-        input_paths=[write_eval(tmp_path / "test_summarize.json", n=3)],
-        output_path=str(tmp_path / "gen"),
         run_name="dpo",
-        prompt_template=None,
         cfg=DecodingConfig(max_new_tokens=4, num_beams=1),
-        batch_size=3,
-        load_8bit=False,
-        load_4bit=False,
-        trust_remote_code=False,
-        overwrite=False,
     )
     [res] = score_paths(str(final), tmp_path / "scores", "keyword")
     assert res["n"] == 3 and res["run"] == "dpo"

@@ -17,13 +17,12 @@ from crossdefense.generation import (
     generate_records,
     group_prompts,
     plan_batches,
-    run_generation,
     shard,
     shared_layout,
 )
 from crossdefense.prompts import load_prompter
 from crossdefense.tasks import TASKS, doc_kind
-from tests.helpers import write_eval
+from tests.helpers import generate, write_eval
 
 
 @pytest.fixture(scope="module")
@@ -221,22 +220,7 @@ def test_input_field_reaches_the_prompt(model_and_tok):
     assert rows[1]["prompt_tokens"] > rows[0]["prompt_tokens"]
 
 
-def run(tiny_model_dir, inputs, out, **kw):
-    args = dict(
-        base_model=str(tiny_model_dir),
-        lora_weights=None,
-        input_paths=inputs,
-        output_path=str(out),
-        run_name="tiny",
-        prompt_template=None,
-        cfg=DecodingConfig(max_new_tokens=6, num_beams=1),
-        batch_size=3,
-        load_8bit=False,
-        load_4bit=False,
-        trust_remote_code=False,
-        overwrite=False,
-    )
-    return run_generation(**{**args, **kw})
+run = generate
 
 
 def test_output_shape_and_resume(tiny_model_dir, tmp_path):
