@@ -169,11 +169,16 @@ def read_resume_log(jsonl: Path) -> list[dict]:
     return rows
 
 
-def load_done(jsonl: Path, fingerprint: str, records: list[Record]) -> dict[str, dict]:
-    """Records already generated under the same settings for the same prompt text; rows made
-    with other settings are an error, rows for changed or vanished records are regenerated."""
+def load_done(
+    jsonl: Path, fingerprint: str, records: list[Record], replace: bool = False
+) -> dict[str, dict] | None:
+    """Records already generated under the same settings for the same prompt text; rows for
+    changed or vanished records are regenerated. Rows made with other settings are an error,
+    or with `replace` (--overwrite) mean the whole file is to be discarded: None."""
     rows = read_resume_log(jsonl)
     if any(row.get("config") != fingerprint for row in rows):
+        if replace:
+            return None
         raise UserError(
             f"{jsonl}: partial output made with other settings; pass --overwrite to redo it"
         )
@@ -531,6 +536,7 @@ class Job:
     records: list[Record]
     paths: OutputPaths
     done: dict[str, dict] = field(default_factory=dict)
+    discard: bool = False  # its progress file is replaced (--overwrite of other work)
 
 
 def run_generation(
@@ -580,15 +586,20 @@ def run_generation(
             return []
         for job in jobs:  # read before the model loads: a corrupt progress file fails fast
             job.records = shard(job.records, num_shards, shard_index)
-            job.done = {} if overwrite else load_done(job.paths.jsonl, fingerprint, job.records)
+            # --overwrite replaces a finished output, or progress made with other settings;
+            # an interrupted run with the same settings resumes, as the Ctrl-C line promises
+            done = None
+            if not (overwrite and job.paths.final.exists()):
+                done = load_done(job.paths.jsonl, fingerprint, job.records, replace=overwrite)
+            job.done, job.discard = done or {}, done is None
             log.info(
                 "%s: %d records, %d already done", job.eval_path, len(job.records), len(job.done)
             )
         model, tokenizer = load_model(
             base_model, lora_weights, prompter, load_8bit, load_4bit, trust_remote_code
         )
-        if overwrite:  # only now that the model is loaded: a failed load loses nothing
-            for job in jobs:
+        for job in jobs:  # only now that the model is loaded: a failed load loses nothing
+            if job.discard:
                 job.paths.jsonl.unlink(missing_ok=True)
         run_meta = {
             "run_name": run_name,

@@ -51,25 +51,29 @@ def check_adapter_dir(path: str) -> None:
 
 
 def model_files_signature(name: str) -> list[list] | None:
-    """(name, size, mtime) of a local model folder's weight and config files; None for a hub
-    id (its revision is fixed by the hub cache)."""
+    """(name, size, mtime) of every file of a local model folder (weights, config, tokenizer,
+    chat template: anything there can change an answer); None for a hub id (its revision is
+    fixed by the hub cache)."""
     folder = Path(name).expanduser()
     if not folder.is_dir():
         return None
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".model", ".gguf")
-    )
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def adapter_sha256(path: str) -> str:
+    """One hash of an adapter's weights and its adapter_config.json (rank, alpha and target
+    modules change the answers as much as the weights do)."""
+    import hashlib
+
     from crossdefense.io import sha256_file
 
     p = Path(path).expanduser()
     weights = next(p / f for f in ADAPTER_FILES if (p / f).is_file())
-    return sha256_file(weights)
+    parts = [sha256_file(weights)]
+    if (p / "adapter_config.json").is_file():
+        parts.append(sha256_file(p / "adapter_config.json"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def check_quantization(load_8bit: bool, load_4bit: bool) -> None:
@@ -83,8 +87,9 @@ def load_tokenizer(base_model: str, trust_remote_code: bool = False):
 
     try:
         tok = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise UserError(f"{base_model}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, TypeError) as e:  # missing files, or files of no known kind
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{base_model}: cannot load tokenizer ({first})") from None
     if tok.pad_token_id is None:
         # Llama-1/2 have none; upstream used id 0 (<unk>). unk keeps EOS distinguishable.
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token

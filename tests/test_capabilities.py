@@ -26,6 +26,7 @@ from crossdefense.capabilities import (
     task_config,
 )
 from crossdefense.io import sha256_file
+from crossdefense.modeling import adapter_sha256
 from crossdefense.paths import REPO_ROOT
 from tests.helpers import run_script
 
@@ -109,7 +110,7 @@ def test_base_and_adapter_runs_record_metrics_and_lineage(runs, tiny_model_dir, 
         assert (doc["limit"], doc["device"], doc["dtype"]) == (LIMIT, "cpu", "float32")
     assert base["lora_weights"] is None and base["adapter_sha256"] is None
     assert adapter["lora_weights"] == str(adapter_dir.resolve())
-    assert adapter["adapter_sha256"] == sha256_file(adapter_dir / "adapter_model.safetensors")
+    assert adapter["adapter_sha256"] == adapter_sha256(str(adapter_dir))  # weights + config
     assert adapter["train"] == {
         "task": "summarize",
         "num_defense": 8,

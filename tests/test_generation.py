@@ -333,6 +333,36 @@ def test_a_retrained_adapter_invalidates_old_outputs(tiny_model_dir, tmp_path):
         run(tiny_model_dir, [ev], tmp_path / "out", lora_weights=str(adapter), skip_existing=True)
 
 
+def test_an_edited_adapter_config_or_model_file_invalidates_old_outputs(tiny_model_dir, tmp_path):
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    ev = write_eval(tmp_path / "test_case.json", n=2)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    adapter = tmp_path / "adapter"
+    torch.manual_seed(0)
+    peft = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=2, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False),
+    )
+    peft.save_pretrained(adapter)
+    kw = dict(lora_weights=str(adapter), skip_existing=True)
+    run(model_dir, [ev], tmp_path / "out", **kw)
+    run(model_dir, [ev], tmp_path / "out", **kw)  # unchanged: skipped, no error
+    # lora_alpha scales the adapter's effect: the same weights now answer differently
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 400}))
+    with pytest.raises(UserError, match="exists; pass --overwrite"):
+        run(model_dir, [ev], tmp_path / "out", **kw)
+    run(model_dir, [ev], tmp_path / "out2", **kw)
+    # a chat template (or any tokenizer file) saved beside the weights changes prompts too
+    (model_dir / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    with pytest.raises(UserError, match="exists; pass --overwrite"):
+        run(model_dir, [ev], tmp_path / "out2", **kw)
+
+
 def test_a_torn_last_line_is_dropped_and_regenerated(tiny_model_dir, tmp_path, caplog, monkeypatch):
     ev = write_eval(tmp_path / "test_summarize.json", n=4)
     (final,) = run(tiny_model_dir, [ev], tmp_path / "out")
@@ -462,3 +492,40 @@ def test_an_empty_lock_is_taken_over_and_symlinked_outputs_are_refused(tiny_mode
     with pytest.raises(UserError, match="is a symbolic link"):
         run(tiny_model_dir, [ev], tmp_path / "out")
     assert outside.read_text() == "keep"
+
+
+def test_overwrite_resumes_an_interrupted_run_and_replaces_finished_work(
+    tiny_model_dir, tmp_path, caplog
+):
+    ev = write_eval(tmp_path / "test_summarize.json", n=4)
+    (final,) = run(tiny_model_dir, [ev], tmp_path / "out")
+    jsonl = final.with_suffix(".jsonl")
+    lines = jsonl.read_text().splitlines()
+    # interrupted (Ctrl-C) after two answers of a run started with --overwrite
+    final.unlink()
+    jsonl.write_text("\n".join(lines[:2]) + "\n")
+    with caplog.at_level("INFO"):
+        run(tiny_model_dir, [ev], tmp_path / "out", overwrite=True)
+    assert "4 records, 2 already done" in caplog.text  # the same command resumes
+    assert jsonl.read_text().splitlines()[:2] == lines[:2]
+    # a finished output is replaced: nothing of it is reused
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run(tiny_model_dir, [ev], tmp_path / "out", overwrite=True)
+    assert "4 records, 0 already done" in caplog.text
+    # progress made with other settings is replaced too (without --overwrite: refused)
+    final.unlink()
+    with pytest.raises(UserError, match="made with other settings"):
+        run(tiny_model_dir, [ev], tmp_path / "out", cfg=DecodingConfig(max_new_tokens=3))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run(
+            tiny_model_dir,
+            [ev],
+            tmp_path / "out",
+            overwrite=True,
+            cfg=DecodingConfig(max_new_tokens=3, num_beams=1),
+        )
+    assert "4 records, 0 already done" in caplog.text
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert len(rows) == 4 and len({r["config"] for r in rows}) == 1
