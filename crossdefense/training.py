@@ -169,20 +169,32 @@ def validate(cfg: TrainConfig) -> None:
         (_number(cfg.warmup_steps) and cfg.warmup_steps >= 0, "--warmup_steps must be >= 0"),
         (_number(cfg.logging_steps) and cfg.logging_steps >= 1, "--logging_steps must be >= 1"),
         (_number(cfg.save_steps) and cfg.save_steps >= 1, "--save_steps must be >= 1"),
+        (
+            isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and 0 <= cfg.seed < 2**32,
+            "--seed must be an integer in [0, 2**32)",
+        ),
     )
     for ok, message in checks:
         if not ok:
             raise UserError(message)
     out = Path(cfg.output_dir)
-    if (out / "adapter_config.json").exists() and not (cfg.overwrite or cfg.resume_from_checkpoint):
+    base = Path(cfg.base_model).expanduser()
+    if base.is_dir() and (
+        out.resolve() == base.resolve() or base.resolve() in out.resolve().parents
+    ):
         raise UserError(
-            f"{out} already holds an adapter; pass --overwrite or --resume_from_checkpoint"
+            f"--output_dir {out}: is inside the base model's folder; the adapter would be "
+            "loaded with the base model from then on. Choose another folder"
         )
-    left = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir()) if out.is_dir() else []
+    # a finished run's folder holds its adapter (and no checkpoints): training into it again,
+    # from scratch or from another adapter, replaces it, so only --overwrite may
+    if (out / "adapter_config.json").exists() and not cfg.overwrite:
+        raise UserError(f"{out} already holds an adapter; pass --overwrite to replace it")
+    left = trainer_checkpoints(out)
     if left and not (cfg.overwrite or cfg.resume_from_checkpoint):
         raise UserError(
-            f"{out} holds {left[-1]} from an interrupted run; pass --resume_from_checkpoint "
-            f"{out / left[-1]} to continue it, or --overwrite to start over"
+            f"{out} holds {left[-1].name} from an interrupted run; pass --resume_from_checkpoint "
+            f"{left[-1]} to continue it, or --overwrite to start over"
         )
     if cfg.resume_from_checkpoint and not Path(cfg.resume_from_checkpoint).exists():
         raise UserError(f"{cfg.resume_from_checkpoint}: checkpoint not found")
@@ -373,12 +385,6 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
     fingerprint = resume_fingerprint(cfg, data_facts)
     if cfg.resume_from_checkpoint and is_trainer_checkpoint(cfg.resume_from_checkpoint):
         check_resumable(Path(cfg.resume_from_checkpoint), fingerprint)
-    if is_main_process():
-        if cfg.overwrite and not cfg.resume_from_checkpoint:
-            # starting over: an earlier run's checkpoints must not be resumed into this one
-            for stale in Path(cfg.output_dir).glob("checkpoint-*"):
-                shutil.rmtree(stale)
-        write_json(Path(cfg.output_dir) / TRAINING_STARTED, fingerprint)
     set_seed(cfg.seed)
     tokenizer = modeling.load_tokenizer(cfg.base_model, cfg.trust_remote_code)
     prompter = load_prompter(cfg.prompt_template_name, tokenizer)
@@ -395,6 +401,12 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
     model, resume = load_lora_model(cfg)
     trainer = make_trainer(cfg, model, tokenizer, train_rows, val_rows)
     model.config.use_cache = False
+    if is_main_process():  # only now: a run that fails before training leaves nothing behind
+        if cfg.overwrite and not cfg.resume_from_checkpoint:
+            # starting over: an earlier run's checkpoints must not be resumed into this one
+            for stale in trainer_checkpoints(cfg.output_dir):
+                shutil.rmtree(stale)
+        write_json(Path(cfg.output_dir) / TRAINING_STARTED, fingerprint)
     result = trainer.train(resume_from_checkpoint=resume)
     out = Path(cfg.output_dir)
     if is_main_process():
@@ -410,6 +422,15 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
             rows=(train_rows, val_rows),
         )
     return TrainResult(out, model)
+
+
+def trainer_checkpoints(out: str | Path) -> list[Path]:
+    """The Trainer checkpoints in a folder, in step order (checkpoint-9 before checkpoint-10)."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[11:]))
 
 
 def is_trainer_checkpoint(path: str | Path) -> bool:

@@ -245,3 +245,33 @@ def test_overwrite_removes_an_earlier_runs_checkpoints(tiny_model_dir, tmp_path)
     (tmp_path / "ckpt" / "checkpoint-50" / "trainer_state.json").write_text("{}")
     result = train(config(tiny_model_dir, tmp_path, overwrite=True))
     assert {p.name for p in result.output_dir.iterdir()} == CHECKPOINT_FILES
+
+
+def test_mistakes_that_would_replace_lose_or_leave_work(trained, tiny_model_dir, tmp_path):
+    _, first = trained
+    # a finished adapter is replaced only with --overwrite, whatever run would start there
+    with pytest.raises(UserError, match="already holds an adapter; pass --overwrite"):
+        train(
+            config(
+                tiny_model_dir,
+                tmp_path,
+                output_dir=str(first.output_dir),
+                resume_from_checkpoint=str(first.output_dir),
+            )
+        )
+    # the adapter may not land inside the base model's folder
+    with pytest.raises(UserError, match="inside the base model's folder"):
+        train(config(tiny_model_dir, tmp_path, output_dir=str(tiny_model_dir / "lora")))
+    for seed in (-5, 2**40):
+        with pytest.raises(UserError, match=r"--seed must be an integer in \[0, 2\*\*32\)"):
+            train(config(tiny_model_dir, tmp_path, seed=seed))
+    # checkpoints are listed in step order, and a failure before training touches none of
+    # them and leaves no marker (here: more validation records than the data holds)
+    out = tmp_path / "ckpt"
+    for step in (9, 10, 11):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"pass --resume_from_checkpoint \S+checkpoint-11 "):
+        train(config(tiny_model_dir, tmp_path))
+    with pytest.raises(UserError, match="val_set_size"):
+        train(config(tiny_model_dir, tmp_path, overwrite=True, val_set_size=500))
+    assert sorted(p.name for p in out.iterdir()) == [f"checkpoint-{s}" for s in (10, 11, 9)]
