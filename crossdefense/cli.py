@@ -138,12 +138,21 @@ def coerce_flag(name: str, value: Any, annotation: Any) -> Any:
     if not kinds or type(value) in kinds or value is None:
         return value
     flag = f"--{name}"
+    if bool in kinds and not isinstance(value, bool):
+        # a switch given a word: fire keeps `--overwrite no` as the text "no", which is truthy
+        word = str(value).strip().lower()
+        if word in ("true", "yes", "on", "1"):
+            return True
+        if word in ("false", "no", "off", "0"):
+            return False
+        raise UserError(f"{flag} is a switch: give {flag} or --no{name} (not {value!r})")
     if isinstance(value, bool):
         if kinds & {str, tuple, list, float, int}:
             raise UserError(f"{flag} needs a value")
         return value
     if isinstance(value, int | float) and str in kinds:
-        return str(value)
+        # the text as typed (fire reads `--run_name 0x1F` as 31 and `3e-4` as 0.0003)
+        return raw_flag_text(name) or str(value)
     if isinstance(value, int) and float in kinds:
         return value
     if isinstance(value, tuple | list) and str in kinds and not kinds & {tuple, list}:
@@ -153,6 +162,20 @@ def coerce_flag(name: str, value: Any, annotation: Any) -> Any:
     if float in kinds and not kinds & {str}:
         raise UserError(f"{flag} must be a number, not {value!r}")
     return value
+
+
+def raw_flag_text(name: str, argv: list[str] | None = None) -> str | None:
+    """What followed `--name` (or `--name=`) on the command line, as typed; None if absent."""
+    argv = sys.argv[1:] if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        for spelling in (f"--{name}", f"--{name.replace('_', '-')}"):
+            if arg.startswith(spelling + "="):
+                return arg[len(spelling) + 1 :]
+            if arg == spelling and i + 1 < len(argv):
+                return argv[i + 1]
+    return None
 
 
 def checked(main: Callable) -> Callable:

@@ -259,10 +259,11 @@ def output_lock(directory: str | Path, what: str = "run", name: str = LOCK_FILE)
 
     A second writer stops with one line naming the first; a lock left by a dead process on this
     host is reported and taken over (on another host it cannot be checked, so it is refused).
-    A folder the lock had to create is removed again if the work left it empty (a failure).
+    The folders the lock had to create (the run folder and any missing parents) are removed
+    again, innermost first, as far as the work left them empty (a failure before any output).
     """
     directory = Path(directory)
-    created = not directory.exists()
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     me = {"pid": os.getpid(), "host": platform.node(), "started": _dt.datetime.now().isoformat()}
@@ -297,5 +298,7 @@ def output_lock(directory: str | Path, what: str = "run", name: str = LOCK_FILE)
         yield path
     finally:
         path.unlink(missing_ok=True)
-        if created and not any(directory.iterdir()):
-            directory.rmdir()
+        for folder in created:  # innermost first; stop at the first one holding something
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()

@@ -191,6 +191,10 @@ def test_generation_flags_are_checked_before_any_model_loads(tmp_path, flags, li
         (3, "float", 3),
         (("a", "b"), "str | tuple[str, ...]", ("a", "b")),
         (None, "int | None", None),
+        ("no", "bool", False),  # --overwrite no: fire keeps the word, which would be truthy
+        ("False", "bool", False),
+        ("yes", "bool", True),
+        (0, "bool", False),
     ],
 )
 def test_fire_values_are_coerced_to_what_the_flag_means(value, annotation, expected):
@@ -207,6 +211,7 @@ def test_fire_values_are_coerced_to_what_the_flag_means(value, annotation, expec
         ("abc", "int | None", "--x must be an integer, not 'abc'"),
         ("two", "int", "--x must be an integer"),
         ("fast", "float", "--x must be a number"),
+        ("maybe", "bool", "--x is a switch: give --x or --nox"),
     ],
 )
 def test_fire_surprises_are_one_error_line(value, annotation, message):
@@ -326,3 +331,20 @@ def test_script_defaults_are_the_config_defaults(script, config, renamed):
             assert param.default == fields[field], f"{script} --{flag}"
             compared += 1
     assert compared >= 8  # the check saw the flags it is about
+
+
+def test_a_number_typed_as_a_name_keeps_its_text():
+    from crossdefense.cli import coerce_flag, raw_flag_text
+
+    argv = ["--input_path", "x.json", "--run_name", "0x1F", "--lr=3e-4"]
+    assert raw_flag_text("run_name", argv) == "0x1F"
+    assert raw_flag_text("lr", argv) == "3e-4"
+    assert raw_flag_text("seed", argv) is None
+    import sys
+
+    saved = sys.argv
+    sys.argv = ["script.py", *argv]
+    try:
+        assert coerce_flag("run_name", 31, str) == "0x1F"  # fire read it as hex
+    finally:
+        sys.argv = saved
