@@ -746,6 +746,10 @@ def score_paths(
     from crossdefense.judges import make_judge, normalize_judge_names
 
     names = normalize_judge_names(judge)
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise UserError(f"--batch_size must be an integer >= 1, not {batch_size!r}")
     scores_path, summary_path = check_output_dir(output_dir, overwrite)
     files = [load_generation(p) for p in expand_generation_paths(input_path, Path(output_dir))]
     check_unique(files)

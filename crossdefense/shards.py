@@ -173,18 +173,32 @@ def merge_shards(
     input_path: str | Path | list | tuple, overwrite: bool = False, remove_shards: bool = False
 ) -> list[Path]:
     """Merge every shard group found; nothing is written unless every group validates."""
+    from contextlib import ExitStack
+
+    from crossdefense.io import output_lock
+
     groups = find_groups(expand_shards(input_path))
-    for g in groups:
-        if g.final.exists() and not overwrite:
-            raise UserError(f"{g.final} exists; pass --overwrite to replace it")
-    merged = [merge_group(g) for g in groups]
-    for m in merged:
-        if m.jsonl_rows is not None:
-            write_jsonl(m.final.with_suffix(".jsonl"), m.jsonl_rows)
-        write_json(m.final, m.doc)
-    if remove_shards:
+
+    def check_targets() -> None:
         for g in groups:
-            for p in g.shards:
-                p.unlink()
-                p.with_suffix(".jsonl").unlink(missing_ok=True)
+            # the merged file and its progress log: either may belong to an unsharded run
+            for target in (g.final, g.final.with_suffix(".jsonl")):
+                if target.exists() and not overwrite:
+                    raise UserError(f"{target} exists; pass --overwrite to replace it")
+
+    check_targets()
+    with ExitStack() as locks:  # one writer per run folder, as generation holds it
+        for folder in sorted({g.final.parent for g in groups}):
+            locks.enter_context(output_lock(folder, "merge or generation"))
+        check_targets()
+        merged = [merge_group(g) for g in groups]
+        for m in merged:
+            if m.jsonl_rows is not None:
+                write_jsonl(m.final.with_suffix(".jsonl"), m.jsonl_rows)
+            write_json(m.final, m.doc)
+        if remove_shards:
+            for g in groups:
+                for p in g.shards:
+                    p.unlink()
+                    p.with_suffix(".jsonl").unlink(missing_ok=True)
     return [m.final for m in merged]

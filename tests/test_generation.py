@@ -270,6 +270,28 @@ def test_shards_merge_to_the_whole(tiny_model_dir, tmp_path):
         outs.update(zip(d["ids"], d["outputs"], strict=True))
     w = json.loads(whole.read_text())
     assert [outs[i] for i in w["ids"]] == w["outputs"]
+    # merging next to an unsharded run's files replaces neither its result nor its progress
+    from crossdefense.shards import merge_shards
+
+    whole.unlink()
+    progress = whole.with_suffix(".jsonl").read_bytes()
+    with pytest.raises(UserError, match=r"test_summarize\.jsonl exists; pass --overwrite"):
+        merge_shards(str(tmp_path / "out" / "tiny"))
+    assert whole.with_suffix(".jsonl").read_bytes() == progress and not whole.exists()
+    (merged,) = merge_shards(str(tmp_path / "out" / "tiny"), overwrite=True)
+    assert json.loads(merged.read_text())["outputs"] == w["outputs"]
+
+
+def test_a_failed_run_leaves_no_folders_behind(tiny_model_dir, tmp_path):
+    ev = write_eval(tmp_path / "test_summarize.json", n=2)
+    deep = tmp_path / "new" / "deeper"
+    for kw, match in (
+        (dict(num_shards=2, shard_index=2), "shard"),
+        (dict(cfg=DecodingConfig(max_new_tokens=2, num_beams=1, max_input_tokens=8)), "token"),
+    ):
+        with pytest.raises(UserError, match=match):
+            run(tiny_model_dir, [ev], deep, **kw)
+        assert not (tmp_path / "new").exists(), kw
 
 
 def test_bad_generation_input(tiny_model_dir, tmp_path):
