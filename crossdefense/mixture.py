@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.io import read_json, read_json_or_jsonl, run_metadata, sha256_file, write_json
+from crossdefense.io import (
+    output_lock,
+    read_json,
+    read_json_or_jsonl,
+    run_metadata,
+    sha256_file,
+    write_json,
+)
 from crossdefense.paths import DATA_DIR
 from crossdefense.runs import manifest_path, mixture_name
 from crossdefense.tasks import MIX, TASK_NAMES, get_task, split_prompt
@@ -408,54 +415,60 @@ def build_defense_data(
         [alpaca_path, safety_path, documents_path, refusals_path, rejected_path],
         overwrite,
     )
-    if format == "prompts":
-        path = targets[max(ns)]
-        return [write_prompts(path, sample, pools.sources, task, max(ns), num_safety, seed, flags)]
-    pool = refusal_pool(pools.refusals, sample.plan) if format == "dpo" else []
-    for n, path in targets.items():
-        chosen = sample.plan[: n * len(tasks)]
-        records = sample.base + [ex for _, ex in chosen]
-        record_kinds = sample.kinds + ["defense"] * len(chosen)
-        order = list(range(len(records)))
-        sample.rng("shuffle").shuffle(order)
-        records = [records[i] for i in order]
-        record_kinds = [record_kinds[i] for i in order]
-        pref_counts = None
-        if format == "dpo":
-            records, pref_counts = preference_pairs(
-                records, record_kinds, rejected, pool, sample.rng("dpo-rejected"), rejected_path
-            )
-        ids = {p["document_id"] for p, _ in chosen}
-        manifest = {
-            "mixture": path.name,
-            "num_records": len(records),
-            "task": task,
-            "num_defense": n,
-            "num_safety": num_safety,
-            "alpaca_size": {"requested": alpaca_size, "used": n_alpaca},
-            "seed": seed,
-            "counts": {
-                "alpaca": n_alpaca,
-                "safety": num_safety,
-                "defense": dict(Counter(p["task"] for p, _ in chosen)),
-            },
-            "sources": pools.sources,
-            "sampled": {
-                "alpaca": sample.alpaca_idx,
-                "safety": sample.safety_idx,
-                "defense": [p for p, _ in chosen],
-            },
-            "leakage": {**leakage, "matches": [m for m in leaks if m["document_id"] in ids]},
-            "allow_leakage": allow_leakage,
-            "format": format,
-            **({"preference_pairs": pref_counts} if pref_counts is not None else {}),
-            "provenance": run_metadata(flags),
-        }
-        write_json(path, records)
-        manifest["mixture_sha256"] = sha256_file(path)
-        write_json(manifest_path(path), manifest)
-        logger.info("wrote %s (%d records)", path, len(records))
-    return list(targets.values())
+    inputs = [alpaca_path, safety_path, documents_path, refusals_path, rejected_path]
+    with output_lock(out_dir, "mixture build"):  # one builder per folder: data and manifest
+        # match, never one run's file beside another's manifest
+        output_targets(out_dir, task, ns, num_safety, format, inputs, overwrite)  # again
+        if format == "prompts":
+            path = targets[max(ns)]
+            return [
+                write_prompts(path, sample, pools.sources, task, max(ns), num_safety, seed, flags)
+            ]
+        pool = refusal_pool(pools.refusals, sample.plan) if format == "dpo" else []
+        for n, path in targets.items():
+            chosen = sample.plan[: n * len(tasks)]
+            records = sample.base + [ex for _, ex in chosen]
+            record_kinds = sample.kinds + ["defense"] * len(chosen)
+            order = list(range(len(records)))
+            sample.rng("shuffle").shuffle(order)
+            records = [records[i] for i in order]
+            record_kinds = [record_kinds[i] for i in order]
+            pref_counts = None
+            if format == "dpo":
+                records, pref_counts = preference_pairs(
+                    records, record_kinds, rejected, pool, sample.rng("dpo-rejected"), rejected_path
+                )
+            ids = {p["document_id"] for p, _ in chosen}
+            manifest = {
+                "mixture": path.name,
+                "num_records": len(records),
+                "task": task,
+                "num_defense": n,
+                "num_safety": num_safety,
+                "alpaca_size": {"requested": alpaca_size, "used": n_alpaca},
+                "seed": seed,
+                "counts": {
+                    "alpaca": n_alpaca,
+                    "safety": num_safety,
+                    "defense": dict(Counter(p["task"] for p, _ in chosen)),
+                },
+                "sources": pools.sources,
+                "sampled": {
+                    "alpaca": sample.alpaca_idx,
+                    "safety": sample.safety_idx,
+                    "defense": [p for p, _ in chosen],
+                },
+                "leakage": {**leakage, "matches": [m for m in leaks if m["document_id"] in ids]},
+                "allow_leakage": allow_leakage,
+                "format": format,
+                **({"preference_pairs": pref_counts} if pref_counts is not None else {}),
+                "provenance": run_metadata(flags),
+            }
+            write_json(path, records)
+            manifest["mixture_sha256"] = sha256_file(path)
+            write_json(manifest_path(path), manifest)
+            logger.info("wrote %s (%d records)", path, len(records))
+        return list(targets.values())
 
 
 def _check_format(format: str, rejected_path: str | Path | None) -> None:

@@ -999,7 +999,9 @@ def check_report_dir(output_dir: str | Path, overwrite: bool) -> Path:
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
-    for name in REPORT_FILES:
+    from crossdefense.capabilities import CAPABILITIES_CSV
+
+    for name in (*REPORT_FILES, CAPABILITIES_CSV):
         if (out / name).exists() and not overwrite:
             raise UserError(f"{out / name}: exists; pass --overwrite to replace it")
     return out
@@ -1031,31 +1033,34 @@ def make_report(
         from crossdefense.capabilities import report_capabilities
 
         caps = report_capabilities(capabilities_path, out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
-    try:
-        (tmp / "results.csv").write_text(results_csv(results), encoding="utf-8")
-        (tmp / "results.md").write_text(results_markdown(results), encoding="utf-8")
-        (tmp / "results.txt").write_text(compact_table(results), encoding="utf-8")
-        plot_dose_response(results, tmp / "dose_response.png")
-        plot_heatmap(results, tmp / "cross_task_heatmap.png", n)
-        plot_safety_utility(results, tmp / "safety_utility.png")
-        plot_xstest(results, tmp / "xstest.png")
-        plot_frontier(results, tmp / "frontier.png")
-        if caps is not None:
-            from crossdefense.capabilities import write_capability_files
+    from crossdefense.capabilities import CAPABILITIES_CSV
+    from crossdefense.io import output_lock
 
-            write_capability_files(tmp, caps)
-        made = [name for name in REPORT_FILES if (tmp / name).exists()]
-        for name in made:
-            (tmp / name).replace(out / name)
-        for name in set(REPORT_FILES) - set(made):
-            (out / name).unlink(missing_ok=True)
-        if caps is not None:
-            from crossdefense.capabilities import CAPABILITIES_CSV
+    with output_lock(out, "report"):  # one report writer per folder
+        check_report_dir(output_dir, overwrite)  # again: another may have finished meanwhile
+        tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+        try:
+            (tmp / "results.csv").write_text(results_csv(results), encoding="utf-8")
+            (tmp / "results.md").write_text(results_markdown(results), encoding="utf-8")
+            (tmp / "results.txt").write_text(compact_table(results), encoding="utf-8")
+            plot_dose_response(results, tmp / "dose_response.png")
+            plot_heatmap(results, tmp / "cross_task_heatmap.png", n)
+            plot_safety_utility(results, tmp / "safety_utility.png")
+            plot_xstest(results, tmp / "xstest.png")
+            plot_frontier(results, tmp / "frontier.png")
+            if caps is not None:
+                from crossdefense.capabilities import write_capability_files
 
-            (tmp / CAPABILITIES_CSV).replace(out / CAPABILITIES_CSV)
-            made.append(CAPABILITIES_CSV)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                write_capability_files(tmp, caps)
+            # every file this report makes replaces the old one; one it does not make this
+            # time (xstest.png without XSTest, capabilities.csv without capabilities) is an
+            # earlier report's and is removed, so the folder never mixes two reports
+            known = (*REPORT_FILES, CAPABILITIES_CSV)
+            made = [name for name in known if (tmp / name).exists()]
+            for name in made:
+                (tmp / name).replace(out / name)
+            for name in set(known) - set(made):
+                (out / name).unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return [out / name for name in made]

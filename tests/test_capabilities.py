@@ -272,3 +272,7 @@ def test_report_adds_the_capability_section_and_csv(runs, tmp_path):
     assert "capabilities.csv" not in {p.name for p in written}
     assert SECTION_TITLE not in (plain / "results.md").read_text()
     assert not (plain / "capabilities.csv").exists()
+    # the same folder again without capabilities: the earlier report's csv does not linger
+    make_report(str(summary.parent), out, overwrite=True)
+    assert not (out / "capabilities.csv").exists()
+    assert SECTION_TITLE not in (out / "results.md").read_text()

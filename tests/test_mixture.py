@@ -611,3 +611,15 @@ def test_dpo_format_errors(tmp_path, pools):
     with pytest.raises(UserError, match=r"no answer for \d+ refusal prompt"):
         build(tmp_path, pools, task="summarize", num_defense=8, format="dpo", rejected_path=answers)
     assert not (tmp_path / "out" / "saferpaca_Instructions_5_8_summarize.dpo.json").exists()
+
+
+def test_a_second_builder_on_the_same_folder_is_refused(tmp_path, pools):
+    from crossdefense.io import output_lock
+
+    with (
+        output_lock(tmp_path / "out", "mixture build"),  # another build, still writing
+        pytest.raises(UserError, match="another mixture build is writing here"),
+    ):
+        build(tmp_path, pools, task="summarize", num_defense=2)
+    (path,) = build(tmp_path, pools, task="summarize", num_defense=2)  # free again
+    assert json.loads(manifest_path(path).read_text())["mixture_sha256"] == sha256_file(path)

@@ -691,3 +691,15 @@ def test_methods_are_separate_configs_and_seeds_get_a_frontier(tmp_path):
     assert plot_frontier(rs, tmp_path / "f.png") and (tmp_path / "f.png").stat().st_size > 0
     single = [r for r in rs if r["seed"] == 1]
     assert not plot_frontier(single, tmp_path / "g.png")  # one seed per config: no frontier
+
+
+def test_a_second_report_on_the_same_folder_is_refused(gen_root, tmp_path):
+    from crossdefense.io import output_lock
+
+    score(str(gen_root), tmp_path / "s")
+    with (
+        output_lock(tmp_path / "r", "report"),
+        pytest.raises(UserError, match="another report is writing here"),
+    ):
+        make_report(str(tmp_path / "s" / SUMMARY_FILE), tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # nothing written, the folder the lock made is gone
