@@ -26,6 +26,7 @@ from crossdefense.io import (
 )
 from crossdefense.prompts import Prompter
 from crossdefense.runs import OutputPaths, output_paths, shard_suffix, short_model_name
+from crossdefense.stages import fingerprint
 from crossdefense.tasks import detect_task, doc_kind
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ def shard(records: list[Record], num_shards: int, shard_index: int) -> list[Reco
 
 
 def config_fingerprint(settings: dict[str, Any]) -> str:
-    blob = json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint(settings)
 
 
 def record_hash(fingerprint: str, record: Record) -> str:

@@ -293,7 +293,7 @@ def _iso(value: Any) -> str | None:
     except ValueError:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
+        when = when.replace(tzinfo=_dt.UTC)
     return when.isoformat()
 
 
@@ -504,7 +504,7 @@ def build_log(
     generate_config = GenerateConfig(**{k: v for k, v in config.items() if _number(v)})
     scoring = summary.get("scoring") if isinstance(summary.get("scoring"), dict) else {}
     created = _iso(meta.get("date")) or _iso(scoring.get("date"))
-    created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    created = created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     judges_config = {
         j["name"]: j for j in summary.get("judges", []) if isinstance(j, dict) and "name" in j
     }

@@ -1,0 +1,379 @@
+"""What each stage will do, decided once from what is on disk; the plan and the runner both
+print or run these decisions and never decide on their own.
+
+Resumability rests on two markers per stage directory (`checkpoints/<run>/`,
+`<generations>/<run>/`), both JSON holding a hash of everything the stage's output depends on:
+`started` is written before the stage runs, `done` after it succeeded. A stage is skipped when
+its outputs and a `done` marker with the current hash exist. Outputs found beside a `started`
+marker with the current hash were made under the current settings, so an interrupted stage
+resumes (training from its last trainer checkpoint, generation from the eval files and JSONL
+records it had finished); outputs under another hash are deleted before the stage starts over.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossdefense import UserError
+from crossdefense.io import read_json, sha256_file, write_json
+from crossdefense.paths import REPO_ROOT
+from crossdefense.runs import mixture_name, output_paths
+from crossdefense.stages import fingerprint
+from crossdefense.sweep.cells import Cell, cell_paths, cells, train_launcher
+from crossdefense.sweep.config import (
+    BUILD_SCRIPT,
+    GENERATE_SCRIPT,
+    REPORT_SCRIPT,
+    SCORE_SCRIPT,
+    TRAIN_SCRIPT,
+    SweepConfig,
+    _rel,
+    python,
+    script,
+)
+
+STARTED, DONE = "started", "done"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "prompt_template.json")
+TRAINED_FILES = ("adapter_config.json", "adapter_model.safetensors", "run_config.json")
+
+
+@dataclass
+class Decision:
+    """What a stage will do. `action`: skip, run, resume, mark (outputs complete, only the done
+    marker is missing) or error (cannot run, `reason` says why)."""
+
+    stage: str
+    action: str
+    reason: str
+    config: dict[str, Any] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)
+    remove: list[Path] = field(default_factory=list)  # stale outputs deleted before running
+
+    @property
+    def runs(self) -> bool:
+        return self.action in ("run", "resume")
+
+
+# --------------------------------------------------------------------------- markers and hashes
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    return fingerprint(config)
+
+
+def _sha(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def train_config(cfg: SweepConfig, cell: Cell) -> dict[str, Any]:
+    """What an adapter depends on. The data counts by content, not by path."""
+    mixture = cell_paths(cfg, cell).mixture
+    return {
+        "base_model": cell.model.path,
+        "template": cell.model.template,
+        "data_sha256": _sha(mixture),
+        "train_args": cfg.train_args,
+        **({"seed": cell.seed} if cell.seed is not None else {}),
+    }
+
+
+def generate_config(cfg: SweepConfig, cell: Cell) -> dict[str, Any]:
+    """What the generations depend on: the adapter by content (a retrained but identical
+    adapter keeps its generations), the eval files by content, the decoding flags."""
+    ckpt = cell_paths(cfg, cell).checkpoint
+    return {
+        "base_model": cell.model.path,
+        "adapter": {name: _sha(ckpt / name) for name in ADAPTER_FILES},
+        "eval_files": {p.stem: sha256_file(p) for p in cfg.eval_files()},
+        "gen_args": cfg.gen_args,
+    }
+
+
+def read_marker(directory: Path, name: str) -> dict[str, Any] | None:
+    path = directory / name
+    if not path.is_file():
+        return None
+    try:
+        marker = read_json(path)
+    except UserError:
+        return None  # a torn or hand-edited marker only means "not done"
+    return marker if isinstance(marker, dict) else None
+
+
+def write_marker(directory: Path, name: str, config: Mapping[str, Any], **extra: Any) -> None:
+    write_json(
+        directory / name,
+        {
+            "config_hash": config_hash(config),
+            "config": config,
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            **extra,
+        },
+    )
+
+
+def _changed(marker: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    old = marker.get("config") or {}
+    keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    return ", ".join(keys) or "settings"
+
+
+def is_current(marker: Mapping[str, Any] | None, config: Mapping[str, Any]) -> bool:
+    return marker is not None and marker.get("config_hash") == config_hash(config)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The trainer checkpoint with the highest step that can be resumed from."""
+    found = []
+    for p in directory.glob("checkpoint-*"):
+        step = p.name.removeprefix("checkpoint-")
+        if step.isdigit() and (p / "trainer_state.json").is_file():
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
+# --------------------------------------------------------------------------- cell stages
+
+
+def decide_train(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Decision:
+    paths = cell_paths(cfg, cell)
+    config = train_config(cfg, cell)
+    ckpt = paths.checkpoint
+    command = [
+        *train_launcher(gpu),
+        script(TRAIN_SCRIPT),
+        "--base_model",
+        cell.model.path,
+        "--data_path",
+        str(paths.mixture),
+        "--output_dir",
+        str(ckpt),
+        "--prompt_template_name",
+        cell.model.template,
+        *(["--seed", str(cell.seed)] if cell.seed is not None else []),
+        *cfg.train_args,
+    ]
+    trained = all((ckpt / f).is_file() for f in TRAINED_FILES)
+    if config["data_sha256"] is None:
+        return Decision("train", "error", f"mixture {paths.mixture} not found", config, command)
+    done = read_marker(ckpt, DONE)
+    if trained and is_current(done, config):
+        return Decision("train", "skip", "done, settings unchanged", config)
+    started = read_marker(ckpt, STARTED)
+    if is_current(started, config):
+        if trained:
+            return Decision("train", "mark", "adapter complete, marking done", config)
+        last = latest_checkpoint(ckpt)
+        if last is not None:
+            resume = [*command, "--resume_from_checkpoint", str(last)]
+            return Decision("train", "resume", f"interrupted: resuming {last.name}", config, resume)
+        reason = "interrupted before its first checkpoint: starting over"
+    elif done is not None or started is not None:
+        reason = f"settings changed ({_changed(done or started or {}, config)}): starting over"
+    elif trained:
+        reason = "adapter from outside the sweep: starting over"
+    else:
+        reason = "not trained yet"
+    stale = [p for p in ckpt.glob("checkpoint-*") if p.is_dir()]
+    stale += [ckpt / f for f in (*TRAINED_FILES, "prompt_template.json", DONE)]
+    return Decision("train", "run", reason, config, command, [p for p in stale if p.exists()])
+
+
+def generation_outputs(cfg: SweepConfig, cell: Cell) -> dict[str, tuple[Path, Path]]:
+    """eval stem -> (final JSON, resumable JSONL), as crossdefense.generation names them."""
+    out = {}
+    for p in cfg.eval_files():
+        paths = output_paths(cfg.generations_dir, cell.run_name, p)
+        out[p.stem] = (paths.final, paths.jsonl)
+    return out
+
+
+def decide_generate(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Decision:
+    paths = cell_paths(cfg, cell)
+    ckpt, run_dir = paths.checkpoint, paths.generations
+
+    def command(files: Sequence[Path]) -> list[str]:
+        return [
+            python(),
+            script(GENERATE_SCRIPT),
+            "--input_path",
+            ",".join(str(f) for f in files),
+            "--output_path",
+            str(cfg.generations_dir),
+            "--base_model",
+            cell.model.path,
+            "--lora_weights",
+            str(ckpt),
+            "--run_name",
+            cell.run_name,
+            *cfg.gen_args,
+        ]
+
+    files = cfg.eval_files()
+    if not all((ckpt / f).is_file() for f in TRAINED_FILES):
+        return Decision("generate", "error", f"no trained adapter in {ckpt}", {}, command(files))
+    config = generate_config(cfg, cell)
+    outputs = generation_outputs(cfg, cell)
+    finished = [f for f in files if outputs[f.stem][0].is_file()]
+    done = read_marker(run_dir, DONE)
+    if len(finished) == len(files) and is_current(done, config):
+        return Decision("generate", "skip", "done, settings unchanged", config)
+    started = read_marker(run_dir, STARTED)
+    if is_current(started, config):
+        todo = [f for f in files if f not in finished]
+        if not todo:
+            return Decision("generate", "mark", "outputs complete, marking done", config)
+        partial = sum(outputs[f.stem][1].is_file() for f in todo)
+        reason = f"interrupted: resuming {len(todo)} of {len(files)} eval files"
+        reason += f" ({partial} partly done)" if partial else ""
+        return Decision("generate", "resume", reason, config, command(todo))
+    if done is not None or started is not None:
+        reason = f"settings changed ({_changed(done or started or {}, config)}): starting over"
+    else:
+        reason = "not generated yet"
+    stale = [p for pair in outputs.values() for p in pair if p.exists()]
+    stale += [run_dir / DONE] if (run_dir / DONE).exists() else []
+    return Decision("generate", "run", reason, config, command(files), stale)
+
+
+def decide(cfg: SweepConfig, cell: Cell, stage: str, gpu: str | None = None) -> Decision:
+    """The decision for one cell stage; a configuration problem (e.g. no eval file) becomes an
+    `error` decision, so one broken cell never stops the others."""
+    if stage not in ("train", "generate"):
+        raise UserError(f"unknown cell stage {stage!r}; expected train or generate")
+    try:
+        if stage == "train":
+            return decide_train(cfg, cell, gpu)
+        return decide_generate(cfg, cell, gpu)
+    except UserError as e:
+        return Decision(stage, "error", str(e))
+
+
+# --------------------------------------------------------------------------- build, score, report
+
+
+def mixture_path(cfg: SweepConfig, task: str, n: int) -> Path:
+    return cfg.data_dir / task / mixture_name(cfg.num_safety, n, task)
+
+
+def missing_mixtures(cfg: SweepConfig, task: str) -> list[int]:
+    """The Ns of `task` whose mixture is not there (the N=0 baseline belongs to the first task)."""
+    ns = [n for n in cfg.numbers if n > 0 or task == cfg.tasks[0]]
+    return [n for n in ns if not mixture_path(cfg, task, n).is_file()]
+
+
+def build_decisions(cfg: SweepConfig) -> list[tuple[str, Decision]]:
+    """One mixture build per task, for the Ns whose mixture is missing (nested sampling makes
+    building a subset of the grid give the same files as building all of it)."""
+    out = []
+    for task in cfg.tasks:
+        missing = missing_mixtures(cfg, task)
+        if not missing:
+            out.append((task, Decision("build", "skip", "all mixtures present")))
+            continue
+        if max(missing) > 0 and not (cfg.documents_path and cfg.refusals_path):
+            reason = (
+                f"N={','.join(map(str, missing))} missing and DOCUMENTS_PATH/REFUSALS_PATH are "
+                "not set: those cells will fail"
+            )
+            out.append((task, Decision("build", "error", reason)))
+            continue
+        command = [
+            python(),
+            script(BUILD_SCRIPT),
+            "--task",
+            task,
+            f"--grid={','.join(map(str, missing))}",
+            "--num_safety",
+            str(cfg.num_safety),
+            "--alpaca_path",
+            cfg.alpaca_path,
+            "--safety_path",
+            cfg.safety_path,
+            "--output_dir",
+            str(cfg.data_dir / task),
+        ]
+        if max(missing) > 0:
+            command += ["--documents_path", cfg.documents_path]
+            command += ["--refusals_path", cfg.refusals_path]
+        if cfg.eval_dir.is_dir():
+            command += ["--eval_dir", str(cfg.eval_dir)]  # the leakage check
+        reason = f"building N={','.join(map(str, missing))}"
+        out.append((task, Decision("build", "run", reason, command=command + cfg.build_args)))
+    return out
+
+
+def score_decision(cfg: SweepConfig) -> Decision:
+    """Score every finished cell of the sweep into SCORES_DIR (again only when a generation
+    or SCORE_ARGS changed)."""
+    score_script = REPO_ROOT / SCORE_SCRIPT
+    if not score_script.is_file():
+        return Decision("score", "skip", "scripts/score_answers.py not found")
+    run_dirs = [
+        cell_paths(cfg, c).generations
+        for c in cells(cfg)
+        if read_marker(cell_paths(cfg, c).generations, DONE) is not None
+    ]
+    if not run_dirs:
+        return Decision("score", "skip", "no finished generations")
+    config = {
+        "generations": {
+            f"{d.name}/{p.name}": sha256_file(p) for d in run_dirs for p in sorted(d.glob("*.json"))
+        },
+        "score_args": cfg.score_args,
+    }
+    summary = cfg.scores_dir / "summary.json"
+    if summary.is_file() and is_current(read_marker(cfg.scores_dir, DONE), config):
+        return Decision("score", "skip", "done, generations unchanged", config)
+    command = [
+        python(),
+        _rel(score_script),
+        "--input_path",
+        ",".join(str(d) for d in run_dirs),
+        "--output_dir",
+        str(cfg.scores_dir),
+        *cfg.score_args,
+    ]
+    if summary.exists() or (cfg.scores_dir / "scores.jsonl").exists():
+        command.append("--overwrite")
+    return Decision("score", "run", f"{len(run_dirs)} finished cells", config, command)
+
+
+def report_decision(cfg: SweepConfig) -> Decision:
+    report_script = REPO_ROOT / REPORT_SCRIPT
+    summary = cfg.scores_dir / "summary.json"
+    if not report_script.is_file():
+        return Decision("report", "skip", "scripts/report.py not found")
+    if not summary.is_file():
+        return Decision("report", "skip", f"no {summary} yet")
+    config = {"summary_sha256": sha256_file(summary), "report_args": cfg.report_args}
+    if is_current(read_marker(cfg.report_dir, DONE), config):
+        return Decision("report", "skip", "done, scores unchanged", config)
+    command = [
+        python(),
+        _rel(report_script),
+        "--summary_path",
+        str(summary),
+        "--output_dir",
+        str(cfg.report_dir),
+        *cfg.report_args,
+    ]
+    if cfg.report_dir.is_dir() and any(p.name != DONE for p in cfg.report_dir.iterdir()):
+        command.append("--overwrite")
+    return Decision("report", "run", "scores changed", config, command)
+
+
+def step_decisions(cfg: SweepConfig, step: str) -> list[tuple[str, str, Decision]]:
+    """The sweep-wide steps as (log name, what, decision): one build per task, one score,
+    one report."""
+    if step == "build":
+        return [(f"build.{task}", task, d) for task, d in build_decisions(cfg)]
+    if step == "score":
+        return [("score", "", score_decision(cfg))]
+    if step == "report":
+        return [("report", "", report_decision(cfg))]
+    raise UserError(f"unknown sweep step {step!r}; expected build, score or report")
