@@ -316,6 +316,8 @@ def check_output(output_dir: str | Path, run_name: str, overwrite: bool) -> Path
             f"would read the result as a generation file; use e.g. {OUTPUT_DIR}"
         )
     path = out / f"{run_name}.json"
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; the result file would go there")
     if path.exists() and not overwrite:
         raise UserError(f"{path}: exists; pass --overwrite to replace it")
     return path

@@ -71,10 +71,11 @@ def missing_required(main: Callable, argv: list[str]) -> str | None:
     return None
 
 
-def as_list(value: Any) -> list[str]:
+def as_list(value: Any, unique: bool = True) -> list[str]:
     """A list-valued flag as fire hands it -- `a` (str), `a,b` (tuple), `[a, b]` (upstream's
     bracketed form), a number, a list, None -- as its items: stripped of spaces and quotes,
-    empty ones and repeats dropped, in order. The one home of this rule for every script."""
+    empty ones dropped, in order; repeats dropped too unless `unique=False` (for a caller that
+    refuses them). The one home of this rule for every script."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -88,17 +89,17 @@ def as_list(value: Any) -> list[str]:
     for item in items:
         for part in str(item).split(","):
             part = part.strip().strip("'\"").strip()
-            if part and part not in out:
+            if part and (not unique or part not in out):
                 out.append(part)
     return out
 
 
-def as_ints(value: Any, flag: str) -> list[int]:
+def as_ints(value: Any, flag: str, unique: bool = True) -> list[int]:
     """`as_list`, each item a whole number (`--seeds 1,2,3`, `--numbers 40`)."""
     from crossdefense import UserError
 
     out = []
-    for item in as_list(value):
+    for item in as_list(value, unique):
         try:
             number = float(item)
         except ValueError:

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.io import output_lock, path_component, read_json, read_jsonl, sha256_file
+from crossdefense.io import (
+    output_lock,
+    path_component,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    write_json,
+)
 from crossdefense.paths import REPO_ROOT
 from crossdefense.scoring import ROW_FIELDS, SCORES_FILE, SUMMARY_FILE
 from crossdefense.tasks import split_prompt
@@ -43,6 +50,8 @@ INPUT_SEPARATOR = "\n\n"
 # scores.jsonl keys that have a place of their own in a sample; any other key of a row
 # (e.g. `kind`, `type` of XSTest records) is copied into the sample's metadata as it is
 ROW_KEYS = ROW_FIELDS
+# the logs an export wrote into its folder, so the next one can tell stale logs from its own
+EXPORT_INDEX = "exported.json"
 # summary.json result keys copied into the log's metadata under "summary"
 SUMMARY_KEYS = (
     "n",
@@ -706,7 +715,22 @@ def export_inspect(
             )
         names[name] = key
 
+    def earlier_logs() -> list[str]:
+        """Logs an earlier export into this folder wrote that this one will not rewrite."""
+        index = out / EXPORT_INDEX
+        try:
+            listed = read_json(index).get("logs", []) if index.is_file() else []
+        except UserError:
+            listed = []
+        return [n for n in listed if isinstance(n, str) and n not in names and (out / n).exists()]
+
     def check_targets() -> None:
+        stale = earlier_logs()
+        if stale and not overwrite:
+            raise UserError(
+                f"{out}: holds {len(stale)} log(s) of an earlier export (e.g. {stale[0]}) that "
+                "this one would leave beside its own; pass --overwrite to replace them"
+            )
         for name in names:
             target = out / name
             if target.is_dir() and not target.is_symlink():
@@ -762,8 +786,12 @@ def export_inspect(
                     write_eval_log(eval_log, str(tmp / name), format="eval")
                     exported.append(ExportedLog(out / name, run, stem, len(group), gen_path))
             check_targets()
+            stale = earlier_logs()
             for item in exported:
                 os.replace(tmp / item.path.name, item.path)
+            for name in stale:  # an earlier export's logs this one does not remake
+                (out / name).unlink(missing_ok=True)
+            write_json(out / EXPORT_INDEX, {"logs": sorted(names), "scores": str(in_dir)})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return exported

@@ -599,6 +599,8 @@ def compare_runs(
 ) -> list[dict[str, Any]]:
     """Exact McNemar test of two runs' refusals per eval file, on the documents both have
     (matched by id): for any two runs, e.g. two seeds or two defense methods."""
+    if run_a == run_b:
+        raise UserError(f"--run_a and --run_b are both {run_a!r}: compare two different runs")
     by: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     runs = {r["run"] for r in rows}
     for run in (run_a, run_b):

@@ -407,7 +407,19 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
             for stale in trainer_checkpoints(cfg.output_dir):
                 shutil.rmtree(stale)
         write_json(Path(cfg.output_dir) / TRAINING_STARTED, fingerprint)
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except (OSError, RuntimeError) as e:
+        # a damaged checkpoint (a cut optimizer.pt) fails inside torch.load with a message
+        # that names no file: name the checkpoint instead
+        damaged = isinstance(e, OSError) and not e.filename
+        damaged |= isinstance(e, RuntimeError) and "PytorchStreamReader" in str(e)
+        if resume and damaged:
+            raise UserError(
+                f"--resume_from_checkpoint {resume}: cannot be read ({str(e).splitlines()[0]}); "
+                "resume from an earlier checkpoint-* of the run, or start over with --overwrite"
+            ) from None
+        raise
     out = Path(cfg.output_dir)
     if is_main_process():
         save_run(

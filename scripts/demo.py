@@ -83,7 +83,7 @@ def main(
             learning_rate=learning_rate,
             max_new_tokens=max_new_tokens,
             contrast=contrast,
-            seeds=tuple(as_ints(seeds, "seeds")),
+            seeds=tuple(as_ints(seeds, "seeds", unique=False)),
             methods=tuple(as_list(method)),
             dpo_learning_rate=dpo_learning_rate,
             beta=beta,

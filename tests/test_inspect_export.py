@@ -15,7 +15,7 @@ pytest.importorskip("inspect_ai")
 from inspect_ai.log import read_eval_log  # noqa: E402
 
 from crossdefense import UserError  # noqa: E402
-from crossdefense.inspect_export import export_inspect, log_name  # noqa: E402
+from crossdefense.inspect_export import EXPORT_INDEX, export_inspect, log_name  # noqa: E402
 from crossdefense.io import read_json, read_jsonl  # noqa: E402
 from crossdefense.scoring import score_paths  # noqa: E402
 from crossdefense.tasks import TASKS  # noqa: E402
@@ -128,7 +128,7 @@ def expected_names() -> set[str]:
 
 def test_one_log_per_run_and_eval_file(exported):
     _, scores, logs, written = exported
-    assert {p.name for p in logs.iterdir()} == expected_names()
+    assert {p.name for p in logs.iterdir()} == expected_names() | {EXPORT_INDEX}
     rows = read_jsonl(scores / "scores.jsonl")
     for item in written:
         log = read_log(item.path)
@@ -229,8 +229,9 @@ def test_existing_logs_are_kept_without_overwrite(tmp_path):
         export_inspect(scores, logs, progress=False)
     assert {p.name: p.read_bytes() for p in logs.iterdir()} == before
     rewritten = export_inspect(scores, logs, overwrite=True, progress=False)
-    assert len(rewritten) == len(before)
-    assert {p.name for p in logs.iterdir()} == expected_names()  # no temp folder left
+    assert len(rewritten) == len(before) - 1  # every log, not the index
+    # no temp folder left
+    assert {p.name for p in logs.iterdir()} == expected_names() | {EXPORT_INDEX}
 
 
 def test_failure_leaves_no_log_behind(tmp_path, monkeypatch):
@@ -260,7 +261,7 @@ def test_output_into_the_scores_folder_keeps_the_scores(tmp_path):
     export_inspect(scores, scores, progress=False)
     for name, data in before.items():
         assert (scores / name).read_bytes() == data
-    assert {p.name for p in scores.iterdir()} == set(before) | expected_names()
+    assert {p.name for p in scores.iterdir()} == set(before) | expected_names() | {EXPORT_INDEX}
 
 
 def test_missing_generation_file_warns_or_fails(tmp_path, caplog):
@@ -306,6 +307,20 @@ def test_a_generation_file_changed_after_scoring_is_refused(tmp_path):
     export_inspect(scores, tmp_path / "logs", progress=False)
     log = read_log(tmp_path / "logs" / log_name("sum40", "test_summarize"))
     assert "edited later" in log.samples[0].input[0].text
+
+
+def test_an_earlier_exports_logs_never_linger_beside_a_new_one(tmp_path):
+    gen, scores = build(tmp_path)
+    logs = tmp_path / "logs"
+    export_inspect(scores, logs, progress=False)
+    # the scores change: one run is gone
+    shutil.rmtree(gen / "base")
+    score_paths(str(gen), scores, judge=JUDGES, overwrite=True)
+    with pytest.raises(UserError, match="holds 1 log.* of an earlier export"):
+        export_inspect(scores, logs, progress=False)
+    export_inspect(scores, logs, overwrite=True, progress=False)
+    left = {n for n in expected_names() if "base__" not in n} | {EXPORT_INDEX}
+    assert {p.name for p in logs.iterdir()} == left
 
 
 def test_extra_row_keys_become_sample_metadata(tmp_path):

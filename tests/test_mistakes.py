@@ -212,3 +212,20 @@ def test_an_unwritable_output_folder_is_one_line_and_nothing_is_half_written(
         assert lines[-1].startswith("error: ") and str(read_only_dir) in lines[-1], what
         assert "Traceback" not in res.stderr, what
         assert not read_only_dir.exists(), what
+
+
+def test_comparing_a_run_with_itself_a_directory_target_and_repeated_seeds(tmp_path):
+    from crossdefense.capabilities import check_output
+    from crossdefense.cli import as_ints
+    from crossdefense.demo import DemoConfig, validate
+    from crossdefense.scoring import compare_runs
+
+    rows = [{"run": "a", "eval_stem": "t", "id": "0", "refusal_label": "refusal"}]
+    with pytest.raises(UserError, match="both 'a': compare two different runs"):
+        compare_runs(rows, "a", "a")
+    (tmp_path / "base.json").mkdir()
+    with pytest.raises(UserError, match="base.json: is a directory"):
+        check_output(tmp_path, "base", overwrite=True)  # before minutes of evaluation
+    seeds = tuple(as_ints("1,1", "seeds", unique=False))
+    with pytest.raises(UserError, match="--seeds must be distinct"):
+        validate(DemoConfig(seeds=seeds, output_dir=str(tmp_path / "d")))

@@ -228,6 +228,12 @@ def test_a_checkpoint_resumes_only_with_the_settings_it_was_made_with(
         with pytest.raises(UserError, match=match):
             train(config(tiny_model_dir, tmp_path, resume_from_checkpoint=str(ckpt), **change))
     assert ckpt.is_dir()  # nothing removed by a refused resume
+    # a damaged checkpoint (a cut optimiser state) is named, not an anonymous OSError
+    first = tmp_path / "ckpt" / "checkpoint-1"
+    optimizer = first / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    with pytest.raises(UserError, match="checkpoint-1: cannot be read"):
+        train(config(tiny_model_dir, tmp_path, save_steps=1, resume_from_checkpoint=str(first)))
 
     # the same settings with a longer budget resume; the finished run leaves no marker behind
     result = train(
