@@ -97,27 +97,11 @@ def peak_rss_mib() -> float:
 
 
 def demo_mixture(out_dir) -> Any:
-    """The demo's summarize N=40 mixture, built from data/mini (same as `make demo`)."""
+    """The demo's summarize N=40 mixture, built from data/mini (the recipe of `make demo`)."""
     from pathlib import Path
 
-    from crossdefense.demo import DemoConfig, write_benign_pool
+    from crossdefense.demo import DemoConfig, mixture_arguments
     from crossdefense.mixture import build_defense_data
-    from crossdefense.paths import MINI_DATA_DIR
 
-    cfg = DemoConfig()
-    pool, pool_size = write_benign_pool(
-        Path(out_dir) / "benign_pool.jsonl", "summarize", cfg.alpaca_size
-    )
-    (path,) = build_defense_data(
-        task="summarize",
-        num_defense=40,
-        alpaca_path=pool,
-        alpaca_size=pool_size,
-        safety_path=MINI_DATA_DIR / "safety.jsonl",
-        num_safety=cfg.num_safety,
-        documents_path=MINI_DATA_DIR / "documents" / "harmful_train.jsonl",
-        refusals_path=MINI_DATA_DIR / "refusals.json",
-        seed=cfg.seeds[0],
-        output_dir=out_dir,
-    )
+    (path,) = build_defense_data(**mixture_arguments(DemoConfig(), Path(out_dir)))
     return path

@@ -237,6 +237,28 @@ def trained_same_way(ckpt: Path, tcfg: Any) -> bool:
     return old == new and rc.get("train_data", {}).get("sha256") == sha256_file(tcfg.data_path)
 
 
+def mixture_arguments(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
+    """`build_defense_data` arguments of the demo's mixtures (its benign pool written into
+    `data_dir` first): the one recipe the demo and the training benchmark share."""
+    pool, pool_size = write_benign_pool(
+        data_dir / "benign_pool.jsonl", cfg.task, cfg.alpaca_size, cfg.contrast
+    )
+    return dict(
+        task=cfg.task,
+        grid=list(cfg.numbers),
+        alpaca_path=pool,
+        alpaca_size=pool_size,
+        safety_path=MINI_DATA_DIR / "safety.jsonl",
+        num_safety=cfg.num_safety,
+        documents_path=DOCS / "harmful_train.jsonl",
+        refusals_path=MINI_DATA_DIR / "refusals.json",
+        seed=cfg.seeds[0],
+        output_dir=data_dir,
+        eval_dir=cfg.eval_dir,
+        overwrite=True,
+    )
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every step; return the folder holding report.md and the plots."""
     from crossdefense.embedded import fetch_embedded_model
@@ -250,23 +272,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     out = Path(cfg.output_dir)
     if Path(cfg.base_model) == EMBEDDED_MODEL_DIR and fetch_embedded_model(EMBEDDED_MODEL_DIR):
         log.info("converted the embedded model into %s", EMBEDDED_MODEL_DIR)
-    pool, pool_size = write_benign_pool(
-        out / "data" / "benign_pool.jsonl", cfg.task, cfg.alpaca_size, cfg.contrast
-    )
-    mixture_args = dict(
-        task=cfg.task,
-        grid=list(cfg.numbers),
-        alpaca_path=pool,
-        alpaca_size=pool_size,
-        safety_path=MINI_DATA_DIR / "safety.jsonl",
-        num_safety=cfg.num_safety,
-        documents_path=DOCS / "harmful_train.jsonl",
-        refusals_path=MINI_DATA_DIR / "refusals.json",
-        seed=cfg.seeds[0],
-        output_dir=out / "data",
-        eval_dir=cfg.eval_dir,
-        overwrite=True,
-    )
+    mixture_args = mixture_arguments(cfg, out / "data")
     evals = eval_subset(
         Path(cfg.eval_dir), cfg.eval_tasks, cfg.eval_limit, out / "eval", cfg.eval_offset
     )
