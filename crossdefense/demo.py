@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
@@ -24,6 +25,7 @@ from crossdefense.paths import (
     MINI_DATA_DIR,
     XSTEST_DIR,
 )
+from crossdefense.runs import run_name as derive_run_name
 from crossdefense.tasks import TASK_NAMES, TASKS, get_task
 from crossdefense.xstest import PROMPTS_FILE
 
@@ -135,30 +137,37 @@ def write_benign_pool(
     return path, len(rows)
 
 
+def eval_sources(eval_dir: str | Path, tasks: Sequence[str]) -> list[Path]:
+    """test_{task}{,_cnn,_useful}.json of every task, each checked to be there."""
+    sources = []
+    for task in tasks:
+        for suffix in ("", "_cnn", "_useful"):
+            src = Path(eval_dir) / f"test_{task}{suffix}.json"
+            if not src.is_file():
+                raise UserError(f"{src}: evaluation file not found (--eval_dir)")
+            sources.append(src)
+    return sources
+
+
 def eval_subset(
     eval_dir: Path, tasks: tuple[str, ...], limit: int, out_dir: Path, offset: int = 0
 ) -> list[Path]:
     """Records `offset` .. `offset + limit - 1` of test_{task}{,_cnn,_useful}.json (upstream
     schema kept; ids stay the upstream positions, so runs on two ranges never mix)."""
     written = []
-    for task in tasks:
-        for suffix in ("", "_cnn", "_useful"):
-            src = eval_dir / f"test_{task}{suffix}.json"
-            if not src.is_file():
-                raise UserError(f"{src}: evaluation file not found")
-            data = read_json(src)
-            n = len(data.get("instructions") or [])
-            if offset >= n:
-                raise UserError(f"{src}: --eval_offset {offset} is past its {n} documents")
-            data.setdefault("ids", [str(i) for i in range(n)])
-            window = slice(offset, offset + limit)
-            subset = {
-                k: (v[window] if isinstance(v, list) and len(v) == n else v)
-                for k, v in data.items()
-            }
-            dst = out_dir / src.name
-            write_json(dst, subset, indent=1)
-            written.append(dst)
+    for src in eval_sources(eval_dir, tasks):
+        data = read_json(src)
+        n = len(data.get("instructions") or [])
+        if offset >= n:
+            raise UserError(f"{src}: --eval_offset {offset} is past its {n} documents")
+        data.setdefault("ids", [str(i) for i in range(n)])
+        window = slice(offset, offset + limit)
+        subset = {
+            k: (v[window] if isinstance(v, list) and len(v) == n else v) for k, v in data.items()
+        }
+        dst = out_dir / src.name
+        write_json(dst, subset, indent=1)
+        written.append(dst)
     return written
 
 
@@ -191,11 +200,7 @@ def validate(cfg: DemoConfig) -> None:
         raise UserError("--eval_offset must be >= 0")
     if cfg.max_steps < 1 or cfg.learning_rate <= 0 or cfg.max_new_tokens < 1:
         raise UserError("--max_steps and --max_new_tokens must be >= 1, --learning_rate > 0")
-    for t in cfg.eval_tasks:
-        for suffix in ("", "_cnn", "_useful"):
-            src = Path(cfg.eval_dir) / f"test_{t}{suffix}.json"
-            if not src.is_file():
-                raise UserError(f"{src}: evaluation file not found (--eval_dir)")
+    eval_sources(cfg.eval_dir, cfg.eval_tasks)
     if not cfg.methods or any(m not in ("sft", "dpo") for m in cfg.methods):
         raise UserError("--method must be sft, dpo or sft,dpo")
     if cfg.dpo_init not in ("base", "sft") or (cfg.dpo_init == "sft" and "sft" not in cfg.methods):
@@ -336,7 +341,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     def train_one(method: str, n: int, seed: int, mixture: Path, init: Path | None) -> str:
         """Train (or reuse) one adapter, generate and measure with it; returns its run name."""
         # one seed keeps the historical name (its adapter is reused); several get a suffix
-        run_name = runs.run_name(
+        run_name = derive_run_name(
             cfg.num_safety,
             n,
             cfg.task,

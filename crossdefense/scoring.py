@@ -618,7 +618,7 @@ def compare_runs(
     for stem in stems:
         a, b = by[(run_a, stem)], by[(run_b, stem)]
         ids = [i for i in a if i in b and UNPARSED not in (a[i], b[i])]
-        test = mcnemar_exact([a[i] == REFUSAL for i in ids], [b[i] == REFUSAL for i in ids])
+        test = paired_refusals(a, b)
         out.append(
             {
                 "eval_stem": stem,

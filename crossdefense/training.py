@@ -640,7 +640,7 @@ def save_run(cfg, model, prompter, trainer, result, flags, data_facts, stats, ro
     model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
     save_prompter(prompter, out)
     meta = run_metadata(flags or {})
-    grad_accum = cfg.batch_size // cfg.micro_batch_size // world_size()
+    args = trainer.args  # what the trainer actually ran with, not a second computation
     write_json(
         out / RUN_CONFIG,
         {
@@ -650,7 +650,10 @@ def save_run(cfg, model, prompter, trainer, result, flags, data_facts, stats, ro
             "train_data": data_facts,
             "split": {"train": len(rows[0]), "validation": len(rows[1])},
             "truncation": stats.to_dict(),
-            "effective_batch_size": cfg.micro_batch_size * grad_accum * world_size(),
+            "effective_batch_size": args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * world_size(),
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "world_size": world_size(),
             "device": device,
             "dtype": str(dtype).removeprefix("torch."),
