@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from crossdefense.io import (
 from crossdefense.prompts import Prompter
 from crossdefense.runs import OutputPaths, output_paths, shard_suffix, short_model_name
 from crossdefense.stages import fingerprint
-from crossdefense.tasks import detect_task, doc_kind
+from crossdefense.tasks import doc_kind, majority_task
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +108,7 @@ def expand_inputs(input_path: str | list[str] | tuple[str, ...]) -> list[Path]:
 
 
 def eval_task(records: list[Record]) -> str | None:
-    counts = Counter(t.name for r in records if (t := detect_task(r.instruction)) is not None)
-    if not counts:
-        return None
-    name, n = counts.most_common(1)[0]
-    return name if n * 2 > len(records) else None
+    return majority_task([r.instruction for r in records], [r.input for r in records])
 
 
 def shard(records: list[Record], num_shards: int, shard_index: int) -> list[Record]:

@@ -38,7 +38,7 @@ from crossdefense.metrics import (
 )
 from crossdefense.runs import is_shard, short_model_name, train_from_name
 from crossdefense.stats import CONFIDENCE, cohen_kappa, mcnemar_exact, wilson
-from crossdefense.tasks import MIX, TASK_NAMES, detect_task, doc_kind, split_prompt
+from crossdefense.tasks import MIX, TASK_NAMES, doc_kind, majority_task, split_prompt
 
 log = logging.getLogger(__name__)
 
@@ -196,19 +196,6 @@ def load_generation(path: str | Path) -> GenerationFile:
 # ----------------------------------------------------------------------------- facts
 
 
-def eval_task_from_prompts(instructions: Sequence[str], inputs: Sequence[str]) -> str | None:
-    """The task most prompts end with (more than half of them), else None."""
-    counts = Counter(
-        t.name
-        for ins, inp in zip(instructions, inputs, strict=True)
-        if (t := detect_task(ins) or (detect_task(inp) if inp else None)) is not None
-    )
-    if not counts:
-        return None
-    name, k = counts.most_common(1)[0]
-    return name if 2 * k > len(instructions) else None
-
-
 def infer_facts(
     path: Path,
     instructions: Sequence[str],
@@ -237,7 +224,7 @@ def infer_facts(
     if "eval_task" in meta:
         put("eval_task", meta["eval_task"], "metadata")
     else:
-        put("eval_task", eval_task_from_prompts(instructions, inputs), "instructions")
+        put("eval_task", majority_task(instructions, inputs), "instructions")
     if meta.get("doc_kind"):
         put("doc_kind", meta["doc_kind"], "metadata")
     else:

@@ -9,6 +9,7 @@ truncation must cut the document and keep the suffix.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from crossdefense import UserError
@@ -94,6 +95,23 @@ def detect_task(prompt: str) -> Task | None:
             if prompt.endswith(suffix) and (best is None or len(suffix) > best[0]):
                 best = (len(suffix), task)
     return best[1] if best else None
+
+
+def majority_task(instructions: Sequence[str], inputs: Sequence[str] | None = None) -> str | None:
+    """The task more than half of a file's prompts end with (the instruction's, else the
+    input's), else None: the one rule generation and scoring name an eval file's task by."""
+    from collections import Counter
+
+    inputs = inputs if inputs is not None else [""] * len(instructions)
+    counts = Counter(
+        t.name
+        for ins, inp in zip(instructions, inputs, strict=True)
+        if (t := detect_task(ins) or (detect_task(inp) if inp else None)) is not None
+    )
+    if not counts:
+        return None
+    name, k = counts.most_common(1)[0]
+    return name if 2 * k > len(instructions) else None
 
 
 def split_prompt(prompt: str) -> tuple[str, str]:

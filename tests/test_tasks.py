@@ -47,3 +47,14 @@ def test_unknown_task_and_doc_kinds():
     assert [
         doc_kind(s) for s in ("test_cloze", "test_cloze_cnn", "test_case_useful", "Q-Harm")
     ] == ["harmful", "cnn", "useful", "instructions"]
+
+
+def test_one_majority_rule_names_a_files_task():
+    from crossdefense.tasks import TASKS, majority_task
+
+    summ, case = TASKS["summarize"].join("A text."), TASKS["case"].join("a text.")
+    assert majority_task([summ, summ, case]) == "summarize"
+    assert majority_task([summ, case]) is None  # no majority
+    # the task may sit in the input of a record (instruction sets with a separate input)
+    assert majority_task(["Do this.", "Do this."], [summ, summ]) == "summarize"
+    assert majority_task(["Hello."]) is None
