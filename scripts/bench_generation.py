@@ -8,7 +8,7 @@ import json
 import logging
 
 from crossdefense import bench, modeling
-from crossdefense.cli import run
+from crossdefense.cli import as_ints, run
 from crossdefense.data import read_eval_records
 from crossdefense.generation import DecodingConfig, expand_inputs
 from crossdefense.paths import EMBEDDED_MODEL_DIR, MINI_DATA_DIR
@@ -22,7 +22,7 @@ def main(
     num_prompts: int = 32,
     order: str = "round_robin",
     max_new_tokens: int = 64,
-    beams: tuple[int, ...] = (1, 4),
+    beams: int | str | tuple[int, ...] = (1, 4),
     batch_size: int = 32,
     output_json: str | None = None,
 ) -> None:
@@ -68,7 +68,7 @@ def main(
     }
     print(json.dumps(info, indent=1))
     results = []
-    for beams_ in beams:
+    for beams_ in as_ints(beams, "beams"):
         cfg = DecodingConfig(max_new_tokens=max_new_tokens, num_beams=beams_)
         bench.batched_generate(model, tok, prompter, records[:2], cfg, 2)  # warm-up
         (_, p_up, n_up), t_up = bench.timed(
