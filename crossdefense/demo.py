@@ -194,6 +194,8 @@ def validate(cfg: DemoConfig) -> None:
         get_task(t)
     if not cfg.numbers or any(n < 1 for n in cfg.numbers):
         raise UserError("--numbers must be positive defense sizes, e.g. 20,40")
+    if len(set(cfg.numbers)) != len(cfg.numbers):
+        raise UserError("--numbers: a defense size is listed twice")
     if cfg.eval_limit < 1:
         raise UserError("--eval_limit must be >= 1")
     if cfg.eval_offset < 0:

@@ -170,7 +170,12 @@ def load_done(
     """Records already generated under the same settings for the same prompt text; rows for
     changed or vanished records are regenerated. Rows made with other settings are an error,
     or with `replace` (--overwrite) mean the whole file is to be discarded: None."""
-    rows = read_resume_log(jsonl)
+    try:
+        rows = read_resume_log(jsonl)
+    except UserError:
+        if replace:  # a corrupt progress file: --overwrite redoes it, as the error line says
+            return None
+        raise
     if any(row.get("config") != fingerprint for row in rows):
         if replace:
             return None
@@ -530,6 +535,7 @@ class Job:
     eval_path: Path
     records: list[Record]
     paths: OutputPaths
+    eval_sha256: str = ""
     done: dict[str, dict] = field(default_factory=dict)
     discard: bool = False  # its progress file is replaced (--overwrite of other work)
 
@@ -581,10 +587,12 @@ def run_generation(
             return []
         for job in jobs:  # read before the model loads: a corrupt progress file fails fast
             job.records = shard(job.records, num_shards, shard_index)
-            # --overwrite replaces a finished output, or progress made with other settings;
-            # an interrupted run with the same settings resumes, as the Ctrl-C line promises
+            # --overwrite redoes a finished output made the same way, and replaces progress
+            # made with other settings; an interrupted run with these settings resumes (as the
+            # Ctrl-C line promises), also when an older output of other settings is still there
             done = None
-            if not (overwrite and job.paths.final.exists()):
+            redo = overwrite and _made_by(job.paths.final) == (fingerprint, job.eval_sha256)
+            if not redo:
                 done = load_done(job.paths.jsonl, fingerprint, job.records, replace=overwrite)
             job.done, job.discard = done or {}, done is None
             log.info(
@@ -596,6 +604,10 @@ def run_generation(
         for job in jobs:  # only now that the model is loaded: a failed load loses nothing
             if job.discard:
                 job.paths.jsonl.unlink(missing_ok=True)
+            if overwrite and _made_by(job.paths.final) != (fingerprint, job.eval_sha256):
+                # an output of other settings being replaced: gone now, so an interruption
+                # leaves only this run's progress, never the old result looking current
+                job.paths.final.unlink(missing_ok=True)
         run_meta = {
             "run_name": run_name,
             "model_name": short_model_name(base_model),
@@ -721,7 +733,7 @@ def plan_jobs(
                 continue
             if not overwrite:
                 raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
-        jobs.append(Job(path, records, paths))
+        jobs.append(Job(path, records, paths, sha256_file(path)))
     return jobs
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from crossdefense import UserError
 from crossdefense.io import (
+    check_not_generation_folder,
     output_lock,
     path_component,
     read_json,
@@ -697,6 +698,7 @@ def export_inspect(
     from pydantic import ValidationError
     from tqdm.auto import tqdm
 
+    check_not_generation_folder(Path(output_dir).expanduser())
     in_dir, summary, rows = read_scores_dir(input_path)
     out = Path(output_dir).expanduser()
     if out.exists() and not out.is_dir():

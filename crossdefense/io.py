@@ -302,3 +302,13 @@ def output_lock(directory: str | Path, what: str = "run", name: str = LOCK_FILE)
             if any(folder.iterdir()):
                 break
             folder.rmdir()
+
+
+def check_not_generation_folder(out: str | Path, flag: str = "--output_dir") -> None:
+    """A generation run folder (`<stem>.json` beside its `<stem>.jsonl` progress log) is no
+    place for other outputs: scoring would later read them as generation files."""
+    out = Path(out)
+    if out.is_dir() and any(j.with_suffix(".json").is_file() for j in out.glob("*.jsonl")):
+        raise UserError(
+            f"{flag} {out}: holds generation outputs (<eval>.json + .jsonl); choose another folder"
+        )

@@ -996,9 +996,12 @@ def plot_xstest(results: Sequence[dict[str, Any]], path: Path) -> bool:
 
 
 def check_report_dir(output_dir: str | Path, overwrite: bool) -> Path:
+    from crossdefense.io import check_not_generation_folder
+
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
+    check_not_generation_folder(out)
     from crossdefense.capabilities import CAPABILITIES_CSV
 
     for name in (*REPORT_FILES, CAPABILITIES_CSV):

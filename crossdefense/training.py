@@ -441,7 +441,12 @@ def trainer_checkpoints(out: str | Path) -> list[Path]:
     out = Path(out)
     if not out.is_dir():
         return []
-    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    # one cut short by a kill (saved without its trainer_state.json) cannot be resumed
+    found = [
+        p
+        for p in out.glob("checkpoint-*")
+        if p.is_dir() and p.name[11:].isdigit() and is_trainer_checkpoint(p)
+    ]
     return sorted(found, key=lambda p: int(p.name[11:]))
 
 
@@ -458,6 +463,12 @@ def resume_fingerprint(cfg: TrainConfig, data_facts: dict[str, Any]) -> dict[str
         for k, v in sorted(vars(cfg).items())
         if k not in RESUMABLE_CHANGES
     }
+    # the same folder or file given another way (relative, absolute) is the same run; the
+    # data counts by content (its sha256), not by where it is
+    base = Path(cfg.base_model).expanduser()
+    config["base_model"] = str(base.resolve()) if base.exists() else cfg.base_model
+    if data_facts.get("sha256"):
+        config.pop("data_path", None)
     return {"config": config, "data_sha256": data_facts.get("sha256")}
 
 

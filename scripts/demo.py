@@ -73,7 +73,7 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = DemoConfig(
-            numbers=tuple(as_ints(numbers, "numbers")),
+            numbers=tuple(as_ints(numbers, "numbers", unique=False)),
             task=task,
             eval_dir=eval_dir,
             eval_tasks=tuple(as_list(eval_tasks)),

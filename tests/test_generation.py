@@ -551,3 +551,44 @@ def test_overwrite_resumes_an_interrupted_run_and_replaces_finished_work(
     assert "4 records, 0 already done" in caplog.text
     rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
     assert len(rows) == 4 and len({r["config"] for r in rows}) == 1
+
+
+def test_overwrite_of_an_older_output_resumes_after_an_interruption(
+    tiny_model_dir, tmp_path, caplog
+):
+    ev = write_eval(tmp_path / "test_summarize.json", n=4)
+    short = DecodingConfig(max_new_tokens=2, num_beams=1)
+    (old,) = run(tiny_model_dir, [ev], tmp_path / "out", cfg=short)
+    # an --overwrite run with other settings, interrupted after two answers: its progress
+    # rows sit beside the older output (made here in another folder, then put in place)
+    (new,) = run(tiny_model_dir, [ev], tmp_path / "elsewhere")
+    rows = new.with_suffix(".jsonl").read_text().splitlines()
+    old.with_suffix(".jsonl").write_text("\n".join(rows[:2]) + "\n")
+    with caplog.at_level("INFO"):
+        (final,) = run(tiny_model_dir, [ev], tmp_path / "out", overwrite=True)
+    assert "4 records, 2 already done" in caplog.text  # the same command resumed
+    assert json.loads(final.read_text())["outputs"] == json.loads(new.read_text())["outputs"]
+    # a corrupt progress file is what --overwrite is for (the error line says so)
+    final.unlink()
+    old.with_suffix(".jsonl").write_text(rows[0] + "\n{not json\n" + rows[1] + "\n")
+    with pytest.raises(UserError, match="line 2 is not valid JSON"):
+        run(tiny_model_dir, [ev], tmp_path / "out")
+    (final,) = run(tiny_model_dir, [ev], tmp_path / "out", overwrite=True)
+    assert len(final.with_suffix(".jsonl").read_text().splitlines()) == 4
+
+
+def test_an_interrupted_overwrite_leaves_no_old_result_looking_current(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import crossdefense.generation as generation
+
+    ev = write_eval(tmp_path / "test_summarize.json", n=3)
+    (old,) = run(tiny_model_dir, [ev], tmp_path / "out", cfg=DecodingConfig(max_new_tokens=2))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generation, "generate_records", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_model_dir, [ev], tmp_path / "out", overwrite=True)
+    assert not old.exists()  # scoring cannot mistake the replaced output for this run's

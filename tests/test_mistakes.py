@@ -229,3 +229,21 @@ def test_comparing_a_run_with_itself_a_directory_target_and_repeated_seeds(tmp_p
     seeds = tuple(as_ints("1,1", "seeds", unique=False))
     with pytest.raises(UserError, match="--seeds must be distinct"):
         validate(DemoConfig(seeds=seeds, output_dir=str(tmp_path / "d")))
+    numbers = tuple(as_ints("40,40", "numbers", unique=False))
+    with pytest.raises(UserError, match="--numbers: a defense size is listed twice"):
+        validate(DemoConfig(numbers=numbers, output_dir=str(tmp_path / "d")))
+
+
+def test_reports_and_exports_never_go_into_a_generation_run_folder(tmp_path):
+    from crossdefense.inspect_export import export_inspect
+    from crossdefense.report import make_report
+
+    run = tmp_path / "generations" / "tiny"
+    run.mkdir(parents=True)
+    (run / "test_case.json").write_text("{}")
+    (run / "test_case.jsonl").write_text("")
+    with pytest.raises(UserError, match="holds generation outputs"):
+        make_report(str(tmp_path / "nowhere"), run)
+    with pytest.raises(UserError, match="holds generation outputs"):
+        export_inspect(tmp_path / "scores", run, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["test_case.json", "test_case.jsonl"]

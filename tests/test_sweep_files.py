@@ -175,6 +175,16 @@ def test_a_variable_that_is_set_beats_the_file():
     # a misspelt variable is still refused with a sweep file
     with pytest.raises(UserError, match="NUMBER is not a sweep variable; did you mean NUMBERS"):
         sw.SweepConfig.from_env({**env, "NUMBER": "10"})
+    # a worker that is no device list, and an N given twice, are refused too
+    for bad, match in (
+        ({"GPUS": "banana"}, "GPUS: 'banana' is not a worker"),
+        ({"GPUS": "0 -1"}, "GPUS: '-1' is not a worker"),
+        ({"NUMBERS": "10 10"}, "NUMBERS: a value is listed twice"),
+    ):
+        with pytest.raises(UserError, match=match):
+            sw.SweepConfig.from_env({**env, **bad})
+    assert sw.SweepConfig.from_env({**env, "GPUS": "cpu 0,1"}).gpus == ["cpu", "0,1"]
+    assert sw.SweepConfig.from_env({**env, "NUMBERS": "10,100"}).numbers == [10, 100]
     # without a file, the defaults are what they were: the paper's two cells
     default = sw.SweepConfig.from_env({})
     assert default.source is None and len(sw.cells(default)) == 2

@@ -197,6 +197,7 @@ def test_response_only_loss_equals_the_model_loss(tiny_model_dir):
 
 def test_an_interrupted_run_is_not_silently_restarted(tiny_model_dir, tmp_path):
     (tmp_path / "ckpt" / "checkpoint-50").mkdir(parents=True)
+    (tmp_path / "ckpt" / "checkpoint-50" / "trainer_state.json").write_text("{}")
     with pytest.raises(UserError, match="holds checkpoint-50 from an interrupted run"):
         train(config(tiny_model_dir, tmp_path))
     assert (tmp_path / "ckpt" / "checkpoint-50").is_dir()  # nothing deleted
@@ -235,10 +236,17 @@ def test_a_checkpoint_resumes_only_with_the_settings_it_was_made_with(
     with pytest.raises(UserError, match="checkpoint-1: cannot be read"):
         train(config(tiny_model_dir, tmp_path, save_steps=1, resume_from_checkpoint=str(first)))
 
-    # the same settings with a longer budget resume; the finished run leaves no marker behind
+    # the same settings with a longer budget resume (the data named another way is the same
+    # data); the finished run leaves no marker behind
+    same_data = tmp_path / "." / "saferpaca_Instructions_3_6_summarize.json"
     result = train(
         config(
-            tiny_model_dir, tmp_path, save_steps=1, max_steps=3, resume_from_checkpoint=str(ckpt)
+            tiny_model_dir,
+            tmp_path,
+            save_steps=1,
+            max_steps=3,
+            resume_from_checkpoint=str(ckpt),
+            data_path=str(same_data),
         )
     )
     run = json.loads((result.output_dir / "run_config.json").read_text())
@@ -276,8 +284,10 @@ def test_mistakes_that_would_replace_lose_or_leave_work(trained, tiny_model_dir,
     out = tmp_path / "ckpt"
     for step in (9, 10, 11):
         (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (out / "checkpoint-12").mkdir()  # a kill while it was being saved: not resumable
     with pytest.raises(UserError, match=r"pass --resume_from_checkpoint \S+checkpoint-11 "):
         train(config(tiny_model_dir, tmp_path))
     with pytest.raises(UserError, match="val_set_size"):
         train(config(tiny_model_dir, tmp_path, overwrite=True, val_set_size=500))
-    assert sorted(p.name for p in out.iterdir()) == [f"checkpoint-{s}" for s in (10, 11, 9)]
+    assert sorted(p.name for p in out.iterdir()) == [f"checkpoint-{s}" for s in (10, 11, 12, 9)]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
+from crossdefense.cli import as_ints
 from crossdefense.mixture import DEFAULT_ALPACA, DEFAULT_SAFETY_PATH, normalize_grid
 from crossdefense.paths import CONFIGS_DIR, DATA_DIR, REPO_ROOT
 from crossdefense.tasks import MIX, TASK_NAMES
@@ -314,6 +315,17 @@ def script(path: Path) -> str:
     return _rel(REPO_ROOT / path)
 
 
+def check_gpus(entries: list[str]) -> list[str]:
+    """GPUS entries: `cpu`, or device indices joined by commas (`0`, `0,1`)."""
+    for entry in entries:
+        if entry != "cpu" and not all(d.isdigit() for d in entry.split(",")):
+            raise UserError(
+                f'GPUS: {entry!r} is not a worker; give cpu or device indices, e.g. "0 1" '
+                'or "0,1 2,3"'
+            )
+    return entries
+
+
 @dataclass
 class SweepConfig:
     tasks: list[str]
@@ -391,6 +403,9 @@ class SweepConfig:
             numbers = normalize_grid(get("NUMBERS").split())
         except UserError as e:
             raise UserError(f"NUMBERS: {str(e).removeprefix('--grid: ')}") from None
+        listed = as_ints(",".join(get("NUMBERS").split()), "NUMBERS", unique=False)
+        if len(numbers) != len(listed):
+            raise UserError(f"NUMBERS: a value is listed twice in {get('NUMBERS')!r}")
         try:
             num_safety = int(get("NUM_SAFETY"))
         except ValueError:
@@ -440,7 +455,7 @@ class SweepConfig:
                 get("BUILD_ARGS"), "BUILD_ARGS", BUILD_OWN, REPO_ROOT / BUILD_SCRIPT
             ),
             steps=parse_steps(env.get("STEPS", "").strip() or None),
-            gpus=env.get("GPUS", "").split(),
+            gpus=check_gpus(env.get("GPUS", "").split()),
         )
 
     def eval_files(self) -> list[Path]:
