@@ -568,6 +568,7 @@ def run_generation(
     modeling.check_base_model(base_model)
     if lora_weights:
         modeling.check_adapter_dir(lora_weights)
+        warn_other_base(base_model, lora_weights)
     # The template is resolved before the model loads: bad names fail fast, and the settings
     # fingerprint (which decides resume and skip) needs no model.
     prompter = resolve_prompter(prompt_template, lora_weights)
@@ -635,6 +636,24 @@ def run_generation(
             write_json(job.paths.final, final_document(job.records, job.done, parameters, metadata))
             written.append(job.paths.final)
         return written
+
+
+def warn_other_base(base_model: str, lora_weights: str) -> None:
+    """An adapter put on a model other than the one it names (its adapter_config.json): a
+    shape mismatch is an error when it loads, an equal-shaped other model only this warning."""
+    from crossdefense.modeling import adapter_base_model
+
+    trained_on = adapter_base_model(lora_weights)
+    if not trained_on:
+        return
+    same = Path(trained_on).expanduser().resolve() == Path(base_model).expanduser().resolve()
+    if not same and short_model_name(trained_on) != short_model_name(base_model):
+        log.warning(
+            "%s was trained on %s, not on --base_model %s: its answers may mean little",
+            lora_weights,
+            trained_on,
+            base_model,
+        )
 
 
 RUN_META_KEYS = ("command", "git_hash", "versions", "date")

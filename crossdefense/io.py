@@ -308,7 +308,8 @@ def check_not_generation_folder(out: str | Path, flag: str = "--output_dir") -> 
     """A generation run folder (`<stem>.json` beside its `<stem>.jsonl` progress log) is no
     place for other outputs: scoring would later read them as generation files."""
     out = Path(out)
-    if out.is_dir() and any(j.with_suffix(".json").is_file() for j in out.glob("*.jsonl")):
+    progress = [*out.glob("*.jsonl"), *out.glob("*/*.jsonl")] if out.is_dir() else []
+    if any(j.with_suffix(".json").is_file() for j in progress):  # a run folder, or their root
         raise UserError(
             f"{flag} {out}: holds generation outputs (<eval>.json + .jsonl); choose another folder"
         )

@@ -390,6 +390,13 @@ def build_defense_data(
     out_dir = Path(output_dir) if output_dir is not None else DATA_DIR / "training" / task
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: --output_dir exists and is not a directory")
+    if eval_dir is not None:
+        ev = Path(eval_dir).resolve()
+        if out_dir.resolve() == ev or ev in out_dir.resolve().parents:
+            raise UserError(
+                f"--output_dir {out_dir}: inside --eval_dir {eval_dir}; a mixture there would be "
+                "read as an evaluation file"
+            )
 
     pools = load_pools(alpaca_path, safety_path, documents_path, refusals_path, max(ns), tasks)
     if num_safety > len(pools.safety.records):

@@ -48,6 +48,11 @@ def check_adapter_dir(path: str) -> None:
         raise UserError(
             f"{path}: no adapter files (adapter_config.json + adapter_model.safetensors)"
         )
+    if (p / "training_started.json").is_file():  # training.TRAINING_STARTED
+        raise UserError(
+            f"{path}: a training run started here and has not finished (training_started.json); "
+            "the adapter files in it are not its result. Finish or resume that run first"
+        )
 
 
 def model_files_signature(name: str) -> list[list] | None:
@@ -134,9 +139,26 @@ def load_base_model(
             device_map=device_map,
             trust_remote_code=trust_remote_code,
         )
-    except OSError as e:
-        raise UserError(f"{base_model}: cannot load model ({str(e).splitlines()[0]})") from None
+    except Exception as e:
+        if not _unreadable(e):
+            raise
+        raise UserError(f"{base_model}: cannot load model ({_first_line(e)})") from None
     return model
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _unreadable(e: BaseException) -> bool:
+    """A model or adapter file that is missing or cut short (a torn copy or download): what
+    the safetensors reader and torch say then, as opposed to a bug."""
+    from safetensors import SafetensorError
+
+    return isinstance(e, OSError | SafetensorError) or (
+        isinstance(e, RuntimeError | ValueError)
+        and any(w in str(e) for w in ("deserializ", "incomplete", "PytorchStreamReader"))
+    )
 
 
 def attach_lora(
@@ -191,8 +213,10 @@ def load_adapter(model, lora_weights: str):
 
     try:
         return PeftModel.from_pretrained(model, lora_weights, is_trainable=False)
-    except RuntimeError as e:
-        if "size mismatch" not in str(e):
+    except Exception as e:
+        if _unreadable(e):
+            raise UserError(f"{lora_weights}: cannot load the adapter ({_first_line(e)})") from None
+        if not isinstance(e, RuntimeError) or "size mismatch" not in str(e):
             raise
         trained_on = adapter_base_model(lora_weights) or "another model"
         raise UserError(

@@ -324,16 +324,36 @@ def load_references(path: str | Path) -> dict[tuple[str | None, str], str]:
 
 def attach_references(files: Sequence[GenerationFile], refs: dict, path: str | Path) -> None:
     """Fill missing references from a reference file; a file that matches nothing is an error."""
-    hits = 0
+    hits, used = 0, set()
     for gf in files:
         stem = gf.facts["eval_stem"]
+        missing = 0
         for k, rid in enumerate(gf.ids):
-            ref = refs.get((stem, rid), refs.get((None, rid)))
+            key = (stem, rid) if (stem, rid) in refs else (None, rid)
+            ref = refs.get(key)
+            if ref is not None:
+                used.add(key)
             if ref is not None and gf.references[k] is None:
                 gf.references[k] = ref
                 hits += 1
+            missing += gf.references[k] is None
+        if 0 < missing < len(gf.ids):  # utility then stands for part of the file only
+            log.warning(
+                "%s: %d of %d records have no reference; utility covers the other %d",
+                gf.path,
+                missing,
+                len(gf.ids),
+                len(gf.ids) - missing,
+            )
     if hits == 0:
         raise UserError(f"{path}: no reference matches an id of the generation files")
+    if len(used) < len(refs):
+        log.warning(
+            "%s: %d of its %d references match no scored record (another eval set?)",
+            path,
+            len(refs) - len(used),
+            len(refs),
+        )
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -36,6 +36,15 @@ METHODS = ("sft", "dpo")
 # Written into --output_dir when training starts (removed when it finishes): what a Trainer
 # checkpoint in that folder was made with, so a resumption with other settings is refused.
 TRAINING_STARTED = "training_started.json"
+# What a finished run leaves in --output_dir (besides peft's README.md)
+FINISHED_FILES = (
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "adapter_config.json",
+    "prompt_template.json",
+    RUN_CONFIG,
+    "README.md",
+)
 # Flags that may differ between a run and its resumption (where to write, how long, logging).
 RESUMABLE_CHANGES = frozenset(
     {
@@ -403,9 +412,12 @@ def _train(cfg: TrainConfig, records: list, flags: dict[str, Any] | None = None)
     model.config.use_cache = False
     if is_main_process():  # only now: a run that fails before training leaves nothing behind
         if cfg.overwrite and not cfg.resume_from_checkpoint:
-            # starting over: an earlier run's checkpoints must not be resumed into this one
+            # starting over: an earlier run's checkpoints must not be resumed into this one,
+            # nor its adapter pass for this run's result if this one is interrupted
             for stale in trainer_checkpoints(cfg.output_dir):
                 shutil.rmtree(stale)
+            for name in FINISHED_FILES:
+                (Path(cfg.output_dir) / name).unlink(missing_ok=True)
         write_json(Path(cfg.output_dir) / TRAINING_STARTED, fingerprint)
     try:
         result = trainer.train(resume_from_checkpoint=resume)
@@ -528,7 +540,13 @@ def load_lora_model(cfg: TrainConfig) -> tuple[Any, str | None]:
         from safetensors.torch import load_file
 
         modeling.check_adapter_dir(resume)
-        set_peft_model_state_dict(model, load_file(str(Path(resume) / "adapter_model.safetensors")))
+        try:
+            weights = load_file(str(Path(resume) / "adapter_model.safetensors"))
+        except Exception as e:  # a torn copy: the reader's own error names no file
+            raise UserError(
+                f"--resume_from_checkpoint {resume}: cannot load the adapter ({e})"
+            ) from None
+        set_peft_model_state_dict(model, weights)
         resume = None
     if is_main_process():
         model.print_trainable_parameters()

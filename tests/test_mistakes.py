@@ -247,3 +247,91 @@ def test_reports_and_exports_never_go_into_a_generation_run_folder(tmp_path):
     with pytest.raises(UserError, match="holds generation outputs"):
         export_inspect(tmp_path / "scores", run, progress=False)
     assert sorted(p.name for p in run.iterdir()) == ["test_case.json", "test_case.jsonl"]
+
+
+def test_torn_weights_are_one_line_and_an_unfinished_training_folder_is_no_adapter(
+    tiny_model_dir, tmp_path, monkeypatch, caplog
+):
+    import shutil
+
+    import crossdefense.training as training
+    from crossdefense.modeling import check_adapter_dir, load_base_model
+    from crossdefense.training import TrainConfig, train
+    from tests.helpers import generate, write_eval, write_mixture
+
+    data = write_mixture(tmp_path / "mix.json")
+    cfg = dict(base_model=str(tiny_model_dir), data_path=str(data), batch_size=2)
+    cfg.update(micro_batch_size=2, max_steps=1, val_set_size=0)
+    adapter = train(TrainConfig(output_dir=str(tmp_path / "a"), **cfg)).output_dir
+    ev = write_eval(tmp_path / "test_summarize.json", n=2)
+
+    # an adapter trained on another model (same shapes): generated, with a warning
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    with caplog.at_level("WARNING"):
+        generate(other, [ev], tmp_path / "gen", lora_weights=str(adapter))
+    assert f"was trained on {tiny_model_dir}" in caplog.text
+
+    # torn weights: one error line, not the reader's traceback
+    torn = tmp_path / "torn"
+    shutil.copytree(adapter, torn)
+    weights = torn / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match="torn: cannot load the adapter"):
+        generate(tiny_model_dir, [ev], tmp_path / "gen2", lora_weights=str(torn))
+    base = tmp_path / "torn-base"
+    shutil.copytree(tiny_model_dir, base)
+    model_file = base / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+    with pytest.raises(UserError, match="torn-base: cannot load model"):
+        load_base_model(str(base))
+
+    # an --overwrite retraining that dies after it started: the old adapter is gone, and the
+    # folder is refused as an adapter until the run is finished or resumed
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(training, "save_run", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(TrainConfig(output_dir=str(adapter), overwrite=True, save_steps=1, **cfg))
+    assert not (adapter / "adapter_model.safetensors").exists()
+    assert not (adapter / "run_config.json").exists()
+    (adapter / "adapter_config.json").write_text("{}")  # e.g. an interrupted copy
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match="a training run started here and has not finished"):
+        check_adapter_dir(str(adapter))
+
+
+def test_references_that_cover_part_of_a_file_and_a_mixture_inside_the_eval_folder(
+    tmp_path, caplog
+):
+    from crossdefense.mixture import build_defense_data
+
+    mini = REPO_ROOT / "data" / "mini"
+    ev = tmp_path / "evals"
+    ev.mkdir()
+    (ev / "test_summarize.json").write_text(json.dumps({"instructions": ["A document."]}))
+    with pytest.raises(UserError, match="inside --eval_dir"):
+        build_defense_data(
+            task="summarize",
+            num_defense=2,
+            alpaca_path=mini / "alpaca.jsonl",
+            safety_path=mini / "safety.jsonl",
+            num_safety=2,
+            documents_path=mini / "documents" / "harmful_train.jsonl",
+            refusals_path=mini / "refusals.json",
+            output_dir=ev / "mixtures",
+            eval_dir=ev,
+        )
+    assert not (ev / "mixtures").exists()
+
+
+def test_an_export_into_the_generations_root_is_refused(tmp_path):
+    from crossdefense.inspect_export import export_inspect
+
+    run = tmp_path / "generations" / "tiny"
+    run.mkdir(parents=True)
+    (run / "test_case.json").write_text("{}")
+    (run / "test_case.jsonl").write_text("")
+    with pytest.raises(UserError, match="holds generation outputs"):
+        export_inspect(tmp_path / "scores", tmp_path / "generations", progress=False)

@@ -292,12 +292,18 @@ def test_train_from_name_accepts_upstream_spellings():
     assert facts["train_task"] is None and src["train_task"] == "unknown"
 
 
-def test_references_file_fills_gaps(gen_root, tmp_path):
+def test_references_file_fills_gaps(gen_root, tmp_path, caplog):
     gf = load_generation(gen_root / "sum10" / "test_summarize_cnn.json")
     refs = tmp_path / "refs.jsonl"
-    refs.write_text(json.dumps({"id": "test_summarize_cnn-1", "reference": "A storm hit."}) + "\n")
-    attach_references([gf], load_references(refs), refs)
+    rows = [{"id": "test_summarize_cnn-1", "reference": "A storm hit."}]
+    rows.append({"id": "elsewhere-7", "reference": "Of another eval set."})
+    refs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING"):
+        attach_references([gf], load_references(refs), refs)
     assert gf.references == [None, "A storm hit.", None, None]
+    # utility on 1 of 4 records, and a reference that fits no record, are both said
+    assert "3 of 4 records have no reference" in caplog.text
+    assert "1 of its 2 references match no scored record" in caplog.text
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"id": "nope", "reference": "x"}) + "\n")
     with pytest.raises(UserError, match="other.jsonl: no reference matches"):
