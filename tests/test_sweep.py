@@ -679,3 +679,38 @@ def test_a_misspelt_sweep_variable_is_refused(typo, right):
     with pytest.raises(UserError, match=f"{typo} is not a sweep variable; did you mean {right}"):
         sw.SweepConfig.from_env({typo: "translate"})
     sw.SweepConfig.from_env({"PATH": "/bin", "HOME": "/root", "TASKS": "translate"})  # fine
+
+
+def test_a_mixture_built_otherwise_is_rebuilt_not_reused(tmp_path):
+    from crossdefense.mixture import build_defense_data
+
+    mini = REPO_ROOT / "data" / "mini"
+    alpaca = tmp_path / "alpaca.jsonl"
+    shutil.copy(mini / "alpaca.jsonl", alpaca)
+    sources = {
+        "ALPACA_PATH": str(alpaca),
+        "SAFETY_PATH": str(mini / "safety.jsonl"),
+        "DOCUMENTS_PATH": str(mini / "documents" / "harmful_train.jsonl"),
+        "REFUSALS_PATH": str(mini / "refusals.json"),
+    }
+    env = sweep_env(tmp_path, tmp_path / "model", TASKS="summarize", NUMBERS="2", **sources)
+    build_defense_data(
+        task="summarize",
+        num_defense=2,
+        alpaca_path=alpaca,
+        alpaca_size=20,
+        safety_path=mini / "safety.jsonl",
+        num_safety=2,
+        documents_path=mini / "documents" / "harmful_train.jsonl",
+        refusals_path=mini / "refusals.json",
+        output_dir=tmp_path / "data" / "summarize",
+    )
+    [(_, same)] = sw.build_decisions(sw.SweepConfig.from_env(env))
+    assert same.action == "skip"
+    [(_, seed)] = sw.build_decisions(sw.SweepConfig.from_env({**env, "BUILD_ARGS": "--seed 7"}))
+    assert seed.action == "run" and "--overwrite" in seed.command
+    assert "seed 42 -> 7" in seed.reason
+    with alpaca.open("a") as f:  # the Alpaca pool was edited since the build
+        f.write(json.dumps({"instruction": "New.", "input": "", "output": "Yes."}) + "\n")
+    [(_, edited)] = sw.build_decisions(sw.SweepConfig.from_env(env))
+    assert edited.action == "run" and "alpaca file changed" in edited.reason

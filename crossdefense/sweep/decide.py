@@ -266,12 +266,64 @@ def missing_mixtures(cfg: SweepConfig, task: str) -> list[int]:
     return [n for n in ns if not mixture_path(cfg, task, n).is_file()]
 
 
+def _build_seed(build_args: Sequence[str]) -> int | None:
+    """The --seed BUILD_ARGS give the builder, else its own default."""
+    import inspect
+
+    from crossdefense.mixture import build_defense_data
+
+    for i, arg in enumerate(build_args):
+        value = arg.split("=", 1)[1] if arg.startswith("--seed=") else None
+        if arg == "--seed" and i + 1 < len(build_args):
+            value = build_args[i + 1]
+        if value is not None:
+            return int(value) if value.strip().lstrip("-").isdigit() else None
+    return inspect.signature(build_defense_data).parameters["seed"].default
+
+
+def stale_mixtures(cfg: SweepConfig, task: str) -> dict[int, str]:
+    """{N: why} for mixtures that are there but were built otherwise than this sweep would
+    build them (their manifest records the seed, K and each source file's sha256)."""
+    sources = {
+        "alpaca": cfg.alpaca_path,
+        "safety": cfg.safety_path,
+        "documents": cfg.documents_path,
+        "refusals": cfg.refusals_path,
+    }
+    seed = _build_seed(cfg.build_args)
+    out: dict[int, str] = {}
+    for n in cfg.numbers:
+        path = mixture_path(cfg, task, n)
+        manifest = path.with_name(path.stem + ".manifest.json")
+        if not path.is_file() or not manifest.is_file():
+            continue
+        try:
+            m = read_json(manifest)
+        except UserError:
+            out[n] = "its manifest cannot be read"
+            continue
+        if seed is not None and m.get("seed") != seed:
+            out[n] = f"seed {m.get('seed')} -> {seed}"
+        elif m.get("num_safety") != cfg.num_safety:
+            out[n] = f"NUM_SAFETY {m.get('num_safety')} -> {cfg.num_safety}"
+        else:
+            for key, given in sources.items():
+                recorded = ((m.get("sources") or {}).get(key) or {}).get("sha256")
+                changed = given and Path(given).is_file() and recorded
+                if changed and sha256_file(Path(given)) != recorded:
+                    out[n] = f"{key} file changed ({given})"
+                    break
+    return out
+
+
 def build_decisions(cfg: SweepConfig) -> list[tuple[str, Decision]]:
-    """One mixture build per task, for the Ns whose mixture is missing (nested sampling makes
-    building a subset of the grid give the same files as building all of it)."""
+    """One mixture build per task, for the Ns whose mixture is missing or was built otherwise
+    (another seed, K or source file: rebuilt with --overwrite, so their cells retrain); nested
+    sampling makes building a subset of the grid give the same files as building all of it."""
     out = []
     for task in cfg.tasks:
-        missing = missing_mixtures(cfg, task)
+        stale = stale_mixtures(cfg, task)
+        missing = sorted(set(missing_mixtures(cfg, task)) | set(stale))
         if not missing:
             out.append((task, Decision("build", "skip", "all mixtures present")))
             continue
@@ -303,6 +355,10 @@ def build_decisions(cfg: SweepConfig) -> list[tuple[str, Decision]]:
         if cfg.eval_dir.is_dir():
             command += ["--eval_dir", str(cfg.eval_dir)]  # the leakage check
         reason = f"building N={','.join(map(str, missing))}"
+        if stale:
+            command.append("--overwrite")
+            why = "; ".join(f"N={n}: {w}" for n, w in sorted(stale.items()))
+            reason += f" (rebuilt, made otherwise: {why})"
         out.append((task, Decision("build", "run", reason, command=command + cfg.build_args)))
     return out
 
