@@ -605,6 +605,14 @@ def run_generation(
         for job in jobs:  # only now that the model is loaded: a failed load loses nothing
             if job.discard:
                 job.paths.jsonl.unlink(missing_ok=True)
+            merged = job.paths.final.with_name(job.eval_path.stem + ".json")
+            if overwrite and suffix and merged.is_file():
+                # a shard redone: the merged file built from its old answers is out of date
+                log.warning(
+                    "%s: merged from the old shard; removed (merge the shards again)", merged
+                )
+                merged.unlink()
+                merged.with_suffix(".jsonl").unlink(missing_ok=True)
             if overwrite and _made_by(job.paths.final) != (fingerprint, job.eval_sha256):
                 # an output of other settings being replaced: gone now, so an interruption
                 # leaves only this run's progress, never the old result looking current

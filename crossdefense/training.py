@@ -378,6 +378,13 @@ def train(cfg: TrainConfig, flags: dict[str, Any] | None = None) -> TrainResult:
     from crossdefense.io import output_lock
 
     validate(cfg)
+    base = Path(cfg.base_model).expanduser()
+    if base.is_dir():
+        # the adapter records its base model: a path relative to where training ran would
+        # name another folder (or none) wherever generation runs
+        from dataclasses import replace
+
+        cfg = replace(cfg, base_model=str(base.resolve()))
     records = load_records(cfg.data_path, cfg.method)  # bad data fails before anything is written
     lock = output_lock(cfg.output_dir, "training") if is_main_process() else nullcontext()
     with lock:

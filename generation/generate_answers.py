@@ -93,6 +93,15 @@ def main(
             max_input_tokens=max_input_tokens,
             seed=seed,
         )
+        if not do_sample:
+            from crossdefense.cli import raw_flag_text
+
+            ignored = [f"--{f}" for f in ("temperature", "top_p", "top_k") if raw_flag_text(f)]
+            if ignored:
+                logging.getLogger(__name__).warning(
+                    "%s only apply with --do_sample; decoding is greedy/beam search",
+                    ", ".join(ignored),
+                )
         paths = expand_inputs(input_path)
         if base_model is None:
             from crossdefense.modeling import adapter_base_model

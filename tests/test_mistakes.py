@@ -335,3 +335,47 @@ def test_an_export_into_the_generations_root_is_refused(tmp_path):
     (run / "test_case.jsonl").write_text("")
     with pytest.raises(UserError, match="holds generation outputs"):
         export_inspect(tmp_path / "scores", tmp_path / "generations", progress=False)
+
+
+def test_relative_base_models_redone_shards_and_ignored_sampling_flags(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import os
+
+    from crossdefense.shards import merge_shards
+    from crossdefense.training import TrainConfig, train
+    from tests.helpers import generate, run_script, write_eval, write_mixture
+
+    # a relative --base_model is recorded as the folder it named, not as text
+    monkeypatch.chdir(tiny_model_dir.parent)
+    data = write_mixture(tmp_path / "mix.json")
+    out = train(
+        TrainConfig(
+            base_model=os.path.relpath(tiny_model_dir),
+            data_path=str(data),
+            output_dir=str(tmp_path / "a"),
+            batch_size=2,
+            micro_batch_size=2,
+            max_steps=1,
+            val_set_size=0,
+        )
+    ).output_dir
+    recorded = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(tiny_model_dir.resolve())
+
+    # a shard redone with --overwrite: the merged file made from its old answers goes
+    ev = write_eval(tmp_path / "test_summarize.json", n=4)
+    for i in range(2):
+        generate(tiny_model_dir, [ev], tmp_path / "gen", num_shards=2, shard_index=i)
+    (merged,) = merge_shards(str(tmp_path / "gen" / "tiny"))
+    generate(tiny_model_dir, [ev], tmp_path / "gen", num_shards=2, shard_index=0, overwrite=True)
+    assert not merged.exists()
+
+    # sampling values without --do_sample are said to do nothing
+    res = run_script(
+        REPO_ROOT / "generation" / "generate_answers.py",
+        "--input_path", ev, "--base_model", tiny_model_dir, "--output_path", tmp_path / "g2",
+        "--num_beams", "1", "--max_new_tokens", "2", "--temperature", "0.9",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert "--temperature only apply with --do_sample" in res.stderr
