@@ -186,6 +186,13 @@ def validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    if 0 < cfg.max_steps <= cfg.warmup_steps:
+        log.warning(
+            "--max_steps %d <= --warmup_steps %d: the learning rate never leaves its warm-up "
+            "(a 1-step run does not move the adapter at all); lower --warmup_steps",
+            cfg.max_steps,
+            cfg.warmup_steps,
+        )
     out = Path(cfg.output_dir)
     base = Path(cfg.base_model).expanduser()
     if base.is_dir() and (

@@ -379,3 +379,18 @@ def test_relative_base_models_redone_shards_and_ignored_sampling_flags(
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-1500:]
     assert "--temperature only apply with --do_sample" in res.stderr
+
+
+def test_a_run_shorter_than_its_warm_up_is_reported(tmp_path, caplog):
+    from crossdefense.training import TrainConfig, validate
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    base = dict(base_model=str(tmp_path / "m"), data_path="x.json", output_dir=str(tmp_path / "o"))
+    with caplog.at_level("WARNING"):
+        validate(TrainConfig(**base, max_steps=1, warmup_steps=10))
+    assert "never leaves its warm-up" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        validate(TrainConfig(**base, max_steps=20, warmup_steps=10))
+    assert "warm-up" not in caplog.text
