@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossdefense import UserError
+from crossdefense import UserError, stages
 from crossdefense.data import Record, encode, read_eval_records
 from crossdefense.io import (
     LOCK_FILE,
@@ -25,7 +25,6 @@ from crossdefense.io import (
 )
 from crossdefense.prompts import Prompter
 from crossdefense.runs import OutputPaths, output_paths, shard_suffix, short_model_name
-from crossdefense.stages import fingerprint
 from crossdefense.tasks import doc_kind, majority_task
 
 log = logging.getLogger(__name__)
@@ -116,10 +115,6 @@ def shard(records: list[Record], num_shards: int, shard_index: int) -> list[Reco
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise UserError(f"--shard_index must be in [0, {num_shards}) with --num_shards >= 1")
     return records[shard_index::num_shards]
-
-
-def config_fingerprint(settings: dict[str, Any]) -> str:
-    return fingerprint(settings)
 
 
 def record_hash(fingerprint: str, record: Record) -> str:
@@ -516,11 +511,13 @@ def file_kind(eval_path: Path, records: list[Record]) -> str | None:
     return FILE_KIND if kinds <= set(KINDS) else "mixed"
 
 
-def eval_metadata(eval_path: Path, records: list[Record]) -> dict[str, Any]:
+def eval_metadata(
+    eval_path: Path, records: list[Record], sha256: str | None = None
+) -> dict[str, Any]:
     return {
         "eval_file": str(eval_path),
         "eval_stem": eval_path.stem,
-        "eval_sha256": sha256_file(eval_path),
+        "eval_sha256": sha256 or sha256_file(eval_path),
         "eval_task": eval_task(records),
         "doc_kind": file_kind(eval_path, records),
         "n_records": len(records),
@@ -536,6 +533,7 @@ class Job:
     records: list[Record]
     paths: OutputPaths
     eval_sha256: str = ""
+    current: bool = False  # its final output exists and was made with these settings and file
     done: dict[str, dict] = field(default_factory=dict)
     discard: bool = False  # its progress file is replaced (--overwrite of other work)
 
@@ -572,7 +570,7 @@ def run_generation(
     # The template is resolved before the model loads: bad names fail fast, and the settings
     # fingerprint (which decides resume and skip) needs no model.
     prompter = resolve_prompter(prompt_template, lora_weights)
-    fingerprint = config_fingerprint(
+    fingerprint = stages.fingerprint(
         generation_settings(base_model, lora_weights, prompter, cfg, load_8bit, load_4bit)
     )
     # every eval file is read (and so validated) once, before anything is written
@@ -592,8 +590,7 @@ def run_generation(
             # made with other settings; an interrupted run with these settings resumes (as the
             # Ctrl-C line promises), also when an older output of other settings is still there
             done = None
-            redo = overwrite and _made_by(job.paths.final) == (fingerprint, job.eval_sha256)
-            if not redo:
+            if not (overwrite and job.current):
                 done = load_done(job.paths.jsonl, fingerprint, job.records, replace=overwrite)
             job.done, job.discard = done or {}, done is None
             log.info(
@@ -605,7 +602,7 @@ def run_generation(
         for job in jobs:  # only now that the model is loaded: a failed load loses nothing
             if job.discard:
                 job.paths.jsonl.unlink(missing_ok=True)
-            merged = job.paths.final.with_name(job.eval_path.stem + ".json")
+            merged = output_paths(output_path, run_name, job.eval_path).final
             if overwrite and suffix and merged.is_file():
                 # a shard redone: the merged file built from its old answers is out of date
                 log.warning(
@@ -613,7 +610,7 @@ def run_generation(
                 )
                 merged.unlink()
                 merged.with_suffix(".jsonl").unlink(missing_ok=True)
-            if overwrite and _made_by(job.paths.final) != (fingerprint, job.eval_sha256):
+            if overwrite and not job.current:
                 # an output of other settings being replaced: gone now, so an interruption
                 # leaves only this run's progress, never the old result looking current
                 job.paths.final.unlink(missing_ok=True)
@@ -640,7 +637,7 @@ def run_generation(
         }
         written = []
         for job in jobs:
-            metadata = {**run_meta, **eval_metadata(job.eval_path, job.records)}
+            metadata = {**run_meta, **eval_metadata(job.eval_path, job.records, job.eval_sha256)}
             write_json(job.paths.final, final_document(job.records, job.done, parameters, metadata))
             written.append(job.paths.final)
         return written
@@ -754,13 +751,15 @@ def plan_jobs(
                 f"{path}: the eval file is also this run's output; choose another "
                 "--output_path or --run_name"
             )
+        eval_sha256 = sha256_file(path)
+        current = paths.final.exists() and _made_by(paths.final) == (fingerprint, eval_sha256)
         if paths.final.exists():
-            if skip_existing and _made_by(paths.final) == (fingerprint, sha256_file(path)):
+            if skip_existing and current:
                 log.info("%s: done with the same settings and eval file, skipped", paths.final)
                 continue
             if not overwrite:
                 raise UserError(f"{paths.final} exists; pass --overwrite to replace it")
-        jobs.append(Job(path, records, paths, sha256_file(path)))
+        jobs.append(Job(path, records, paths, eval_sha256, current))
     return jobs
 
 

@@ -32,7 +32,7 @@ def expand_paths(
     from crossdefense.cli import as_list
 
     paths: list[Path] = []
-    for part in as_list([str(spec)] if isinstance(spec, Path) else spec):
+    for part in as_list(spec):
         p = Path(part).expanduser()
         if p.is_dir():
             found = in_dir(p)

@@ -48,9 +48,11 @@ def check_adapter_dir(path: str) -> None:
         raise UserError(
             f"{path}: no adapter files (adapter_config.json + adapter_model.safetensors)"
         )
-    if (p / "training_started.json").is_file():  # training.TRAINING_STARTED
+    from crossdefense.training import TRAINING_STARTED
+
+    if (p / TRAINING_STARTED).is_file():
         raise UserError(
-            f"{path}: a training run started here and has not finished (training_started.json); "
+            f"{path}: a training run started here and has not finished ({TRAINING_STARTED}); "
             "the adapter files in it are not its result. Finish or resume that run first"
         )
 

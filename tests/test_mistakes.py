@@ -246,6 +246,8 @@ def test_reports_and_exports_never_go_into_a_generation_run_folder(tmp_path):
         make_report(str(tmp_path / "nowhere"), run)
     with pytest.raises(UserError, match="holds generation outputs"):
         export_inspect(tmp_path / "scores", run, progress=False)
+    with pytest.raises(UserError, match="holds generation outputs"):  # nor their root
+        export_inspect(tmp_path / "scores", run.parent, progress=False)
     assert sorted(p.name for p in run.iterdir()) == ["test_case.json", "test_case.jsonl"]
 
 
@@ -324,17 +326,6 @@ def test_references_that_cover_part_of_a_file_and_a_mixture_inside_the_eval_fold
             eval_dir=ev,
         )
     assert not (ev / "mixtures").exists()
-
-
-def test_an_export_into_the_generations_root_is_refused(tmp_path):
-    from crossdefense.inspect_export import export_inspect
-
-    run = tmp_path / "generations" / "tiny"
-    run.mkdir(parents=True)
-    (run / "test_case.json").write_text("{}")
-    (run / "test_case.jsonl").write_text("")
-    with pytest.raises(UserError, match="holds generation outputs"):
-        export_inspect(tmp_path / "scores", tmp_path / "generations", progress=False)
 
 
 def test_relative_base_models_redone_shards_and_ignored_sampling_flags(

@@ -21,7 +21,7 @@ from typing import Any
 from crossdefense import UserError
 from crossdefense.io import read_json, sha256_file, write_json
 from crossdefense.paths import REPO_ROOT
-from crossdefense.runs import mixture_name, output_paths
+from crossdefense.runs import manifest_path, mixture_name, output_paths
 from crossdefense.stages import fingerprint
 from crossdefense.sweep.cells import Cell, cell_paths, cells, train_launcher
 from crossdefense.sweep.config import (
@@ -61,8 +61,7 @@ class Decision:
 # --------------------------------------------------------------------------- markers and hashes
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    return fingerprint(config)
+config_hash = fingerprint  # the marker's name for the one fingerprint (crossdefense.stages)
 
 
 def _sha(path: Path) -> str | None:
@@ -291,10 +290,12 @@ def stale_mixtures(cfg: SweepConfig, task: str) -> dict[int, str]:
         "refusals": cfg.refusals_path,
     }
     seed = _build_seed(cfg.build_args)
+    # each source is hashed once, not once per N
+    hashes = {k: sha256_file(Path(g)) for k, g in sources.items() if g and Path(g).is_file()}
     out: dict[int, str] = {}
     for n in cfg.numbers:
         path = mixture_path(cfg, task, n)
-        manifest = path.with_name(path.stem + ".manifest.json")
+        manifest = manifest_path(path)
         if not path.is_file() or not manifest.is_file():
             continue
         try:
@@ -307,11 +308,10 @@ def stale_mixtures(cfg: SweepConfig, task: str) -> dict[int, str]:
         elif m.get("num_safety") != cfg.num_safety:
             out[n] = f"NUM_SAFETY {m.get('num_safety')} -> {cfg.num_safety}"
         else:
-            for key, given in sources.items():
+            for key, digest in hashes.items():
                 recorded = ((m.get("sources") or {}).get(key) or {}).get("sha256")
-                changed = given and Path(given).is_file() and recorded
-                if changed and sha256_file(Path(given)) != recorded:
-                    out[n] = f"{key} file changed ({given})"
+                if recorded and digest != recorded:
+                    out[n] = f"{key} file changed ({sources[key]})"
                     break
     return out
 
