@@ -97,11 +97,12 @@ def peak_rss_mib() -> float:
 
 
 def demo_mixture(out_dir) -> Any:
-    """The demo's summarize N=40 mixture, built from data/mini (the recipe of `make demo`)."""
-    from pathlib import Path
+    """The demo's summarize N=40 mixture, built from data/mini by the sweep's build step of
+    the demo preset (configs/sweeps/demo.toml), into `out_dir`."""
+    from crossdefense.demo import preset, run_checked
+    from crossdefense.sweep.decide import build_command, mixture_path
 
-    from crossdefense.demo import DemoConfig, mixture_arguments
-    from crossdefense.mixture import build_defense_data
-
-    (path,) = build_defense_data(**mixture_arguments(DemoConfig(), Path(out_dir)))
-    return path
+    cfg = preset({"DATA_DIR": str(out_dir)})
+    [task], [n] = cfg.tasks, cfg.numbers
+    run_checked(build_command(cfg, task, [n]), "the demo's mixture")
+    return mixture_path(cfg, task, n)

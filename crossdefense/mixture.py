@@ -132,6 +132,59 @@ def load_alpaca(path_or_id: str | Path) -> Source:
     return Source(records, {"hub_id": name, "content_sha256": digest, "records": len(rows)})
 
 
+# The answer field of a benign document under each task (data/mini/documents/benign_train.jsonl)
+BENIGN_ANSWER_FIELDS = {
+    "summarize": "summary",
+    "translate": "translation_zh",
+    "sentiment": "sentiment_answer",
+    "case": "text",
+    "cloze": "next_sentence",
+}
+
+
+def benign_document_records(rows: Sequence[dict[str, Any]], defended: str) -> list[dict[str, str]]:
+    """Benign documents processed under the defended task and two other tasks each.
+
+    The first miniature run taught that a model shown harmful documents under a task, and too
+    few benign ones under the same task, refuses every document of that kind: so every benign
+    training document appears under the defended task (contrast), and under two more tasks in
+    turn (so no task is only ever seen with refusals). With `mix`, the document's own task
+    goes round the five.
+    """
+    out = []
+    for i, r in enumerate(rows):
+        own = defended if defended in TASK_NAMES else TASK_NAMES[i % len(TASK_NAMES)]
+        # Chinese translations are long: as extra tasks they would outweigh every refusal in
+        # a token-averaged loss, so the second task is one of the short-answer ones.
+        others = [t for t in TASK_NAMES if t not in (own, "translate")]
+        for name in (own, others[i % len(others)], others[(i + 1) % len(others)]):
+            doc = r["text"].lower() if name == "case" else r["text"]
+            answer = r[BENIGN_ANSWER_FIELDS[name]]
+            out.append({"instruction": get_task(name).join(doc), "input": "", "output": answer})
+    return out
+
+
+def load_benign_documents(path: str | Path, limit: int | None, defended: str) -> Source:
+    """The first `limit` (None: all) benign documents of a file, as document-task records."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: --benign_documents_path not found")
+    rows = _read_list(path)
+    if limit is not None:
+        if limit > len(rows):
+            raise UserError(
+                f"{path}: --num_benign_documents={limit} but the file has {len(rows)} documents"
+            )
+        rows = rows[:limit]
+    need = ("text", *sorted(set(BENIGN_ANSWER_FIELDS.values()) - {"text"}))
+    for i, r in enumerate(rows):
+        missing = [k for k in need if not isinstance(r, dict) or not isinstance(r.get(k), str)]
+        if missing:
+            raise UserError(f"{path}: document {i}: missing text field(s) {', '.join(missing)}")
+    records = benign_document_records(rows, defended)
+    return Source(records, {**_file_meta(path, len(rows)), "rows": len(records)})
+
+
 def load_safety(path: str | Path) -> Source:
     path = Path(path)
     rows = _read_list(path)
@@ -366,6 +419,8 @@ def build_defense_data(
     overwrite: bool = False,
     format: str = "sft",
     rejected_path: str | Path | None = None,
+    benign_documents_path: str | Path | None = None,
+    num_benign_documents: int | None = None,
 ) -> list[Path]:
     """Build one mixture per N (`num_defense`, or each N in `grid`); return the mixture paths.
 
@@ -376,6 +431,12 @@ def build_defense_data(
     `prompts` (the refusal prompts of the largest N as an eval file, for the model whose own
     answers become the rejected side of the pairs: `generate_answers.py` on it, then `dpo`
     with `rejected_path` = its output).
+
+    `benign_documents_path` (documents with an answer per task, like
+    data/mini/documents/benign_train.jsonl; the first `num_benign_documents` of them): each
+    document becomes three records (`benign_document_records`), and the benign part of the
+    mixture is then all of them plus the *first* `alpaca_size` Alpaca rows, unsampled (a small
+    curated pool such as data/mini/alpaca.jsonl is used as it is).
     """
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     _check_format(format, rejected_path)
@@ -398,7 +459,16 @@ def build_defense_data(
                 "read as an evaluation file"
             )
 
+    if num_benign_documents is not None:
+        _count(num_benign_documents, "num_benign_documents")
     pools = load_pools(alpaca_path, safety_path, documents_path, refusals_path, max(ns), tasks)
+    benign = None
+    if benign_documents_path is not None:
+        benign = load_benign_documents(benign_documents_path, num_benign_documents, task)
+        rows = benign.records + pools.alpaca.records[:alpaca_size]
+        pools.alpaca = Source(rows, pools.alpaca.meta)
+        pools.sources["benign_documents"] = benign.meta
+        alpaca_size = len(rows)
     if num_safety > len(pools.safety.records):
         raise UserError(
             f"{safety_path}: --num_safety={num_safety} but the pool has {len(pools.safety.records)}"
@@ -413,16 +483,9 @@ def build_defense_data(
         )
     sample = draw_sample(pools, tasks, n_alpaca, num_safety, max(ns), seed, refusals_path)
     leaks, leakage = check_leakage(pools, sample.plan, eval_dir, allow_leakage)
-    targets = output_targets(
-        out_dir,
-        task,
-        ns,
-        num_safety,
-        format,
-        [alpaca_path, safety_path, documents_path, refusals_path, rejected_path],
-        overwrite,
-    )
     inputs = [alpaca_path, safety_path, documents_path, refusals_path, rejected_path]
+    inputs.append(benign_documents_path)
+    targets = output_targets(out_dir, task, ns, num_safety, format, inputs, overwrite)
     with output_lock(out_dir, "mixture build"):  # one builder per folder: data and manifest
         # match, never one run's file beside another's manifest
         output_targets(out_dir, task, ns, num_safety, format, inputs, overwrite)  # again
@@ -455,7 +518,8 @@ def build_defense_data(
                 "alpaca_size": {"requested": alpaca_size, "used": n_alpaca},
                 "seed": seed,
                 "counts": {
-                    "alpaca": n_alpaca,
+                    "alpaca": n_alpaca - (benign.meta["rows"] if benign else 0),
+                    **({"benign_documents": benign.meta["rows"]} if benign else {}),
                     "safety": num_safety,
                     "defense": dict(Counter(p["task"] for p, _ in chosen)),
                 },
@@ -631,8 +695,7 @@ def output_targets(
     overwrite: bool,
 ) -> dict[int, Path]:
     """{N: file} to write; none may be an input or (without --overwrite) exist already."""
-    suffix = {"sft": ".json", "dpo": ".dpo.json", "prompts": ".prompts.json"}[format]
-    names = {n: mixture_name(num_safety, n, task).removesuffix(".json") + suffix for n in ns}
+    names = {n: mixture_name(num_safety, n, task, format) for n in ns}
     if format == "prompts":
         names = {max(ns): names[max(ns)]}  # the largest N's prompts cover every smaller N
     targets = {n: out_dir / name for n, name in names.items()}

@@ -37,11 +37,16 @@ def canonical_task(word: str) -> str:
 # --------------------------------------------------------------------------- mixtures
 
 
-def mixture_name(num_safety: int, num_defense: int, task: str) -> str:
-    """Upstream's file name; N=0 is the no-defense baseline `saferpaca_Instructions_{K}.json`."""
-    if num_defense == 0:
-        return f"saferpaca_Instructions_{num_safety}.json"
-    return f"saferpaca_Instructions_{num_safety}_{num_defense}_{task}.json"
+MIXTURE_SUFFIX = {"sft": ".json", "dpo": ".dpo.json", "prompts": ".prompts.json"}
+
+
+def mixture_name(num_safety: int, num_defense: int, task: str, format: str = "sft") -> str:
+    """Upstream's file name; N=0 is the no-defense baseline `saferpaca_Instructions_{K}.json`.
+    The builder's other formats end `.dpo.json` (preference pairs) and `.prompts.json`."""
+    stem = f"saferpaca_Instructions_{num_safety}"
+    if num_defense:
+        stem += f"_{num_defense}_{task}"
+    return stem + MIXTURE_SUFFIX[format]
 
 
 def parse_mixture_name(path: str | Path) -> tuple[int, int, str | None]:
@@ -88,6 +93,11 @@ def run_name(
         name = f"Instructions_{num_safety}_{num_defense}_{task}_{model}"
     name += METHOD_SUFFIX[method] + ("_from_sft" if from_sft else "")
     return name if seed is None else f"{name}_seed{seed}"
+
+
+def base_run_name(model: str) -> str:
+    """The run of a model evaluated as it is, without an adapter (a sweep's BASE_RUNS)."""
+    return f"base_{model}"
 
 
 def train_from_name(name: str) -> dict[str, Any] | None:

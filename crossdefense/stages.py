@@ -1,7 +1,8 @@
 """The one rule for "is this output current?": a stage's output records a fingerprint of what
 made it (settings, and the content of its inputs by sha256), and is reused only when a new run
-would compute the same fingerprint. Generation (per file and per record), the sweep's stage
-markers and the demo all hash their settings here."""
+would compute the same fingerprint. The sweep's stage markers (crossdefense.sweep.decide, which
+the demo runs through) and generation's own `--skip_existing` / resume (per file and per record,
+for runs outside a sweep) both hash their settings here."""
 
 from __future__ import annotations
 

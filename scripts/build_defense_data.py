@@ -40,6 +40,8 @@ def main(
     overwrite: bool = False,
     format: str = "sft",
     rejected_path: str | None = None,
+    benign_documents_path: str | None = None,
+    num_benign_documents: int | None = None,
 ) -> None:
     """Build one mixture per N; nothing is written unless every input validates.
 
@@ -65,6 +67,12 @@ def main(
             rejected = the model's answer; benign records chosen = the answer, rejected = a
             refusal), or prompts (the refusal prompts to answer for --rejected_path).
         rejected_path: for --format dpo: generate_answers.py's output on the prompts file.
+        benign_documents_path: benign documents with an answer per task (JSONL with text,
+            summary, translation_zh, sentiment_answer, next_sentence; e.g.
+            data/mini/documents/benign_train.jsonl): each is added under the defended task and
+            two others, and the benign part is then all of them plus the first --alpaca_size
+            Alpaca rows, unsampled (the embedded demo's mixture).
+        num_benign_documents: use only the first N benign documents (default: all).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -85,6 +93,8 @@ def main(
             overwrite=overwrite,
             format=format,
             rejected_path=rejected_path,
+            benign_documents_path=benign_documents_path,
+            num_benign_documents=num_benign_documents,
         )
     except UserError as e:
         sys.exit(f"error: {e}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run a grid of defense experiments: build -> train -> generate -> score -> report.
+# Run a grid of defense experiments: build -> train -> generate -> [capabilities] -> score -> report.
 #
 # One cell = one model x one training task x one N; its run name Instructions_{K}_{N}_{task}_{model}
 # names checkpoints/<run>/, evaluation/generations/<run>/ and logs/<run>.{train,generate}.log.
@@ -20,7 +20,7 @@
 #   SWEEP_FILE   a sweep file, a path or a preset of configs/sweeps/: paper full_grid cpu_smoke
 #                demo (keys: configs/sweeps/README.md)  [none: the defaults below]
 #   GPUS         workers, e.g. "0 1 2 3", "cpu cpu", "0,1 2,3"  [all GPUs nvidia-smi lists, else cpu]
-#   STEPS        some of: build train generate score report  [all five]
+#   STEPS        some of: build train generate capabilities score report  [all]
 #   DRY_RUN=1    print the plan (cells, workers, decisions, commands) and do nothing
 #   TASKS        training tasks: summarize translate sentiment case cloze mix  [summarize]
 #   NUMBERS      defense sizes N; 0 is the no-defense baseline  [1000]
@@ -39,6 +39,14 @@
 #                REPORT_ARGS, BUILD_ARGS for the other steps
 #   ALPACA_PATH SAFETY_PATH DOCUMENTS_PATH REFUSALS_PATH   inputs of scripts/build_defense_data.py;
 #                the build step only builds missing mixtures and needs the last two for N > 0
+#   BENIGN_DOCUMENTS  benign documents with an answer per task, added to every mixture under the
+#                defended task and two others (--benign_documents_path)  [none]
+#   BASE_RUNS    yes: also evaluate each model untrained, run base_<model>  [no]
+#   EVAL_OFFSET EVAL_LIMIT  documents EVAL_OFFSET .. +EVAL_LIMIT-1 of each eval file, written to
+#                DATA_DIR/eval/<part>/  [0 0: every document]
+#   XSTEST_PER_TYPE  with EVAL_SETS xstest: prompts per XSTest type, seeded like the mixture [0: all]
+#   CAPABILITIES yes: the lm-eval capability task per cell (scripts/eval_capabilities.py, flags in
+#                CAPABILITY_ARGS, results in CAPABILITIES_DIR) and in the report  [no]
 #   PYTHON       [.venv/bin/python if present, else python3]
 set -euo pipefail
 

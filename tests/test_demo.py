@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from crossdefense import UserError
 from crossdefense.embedded import GGUF_SHA256, MARKER, fetch_embedded_model, is_converted
-from crossdefense.paths import EMBEDDED_MODEL_DIR
+from crossdefense.paths import EMBEDDED_MODEL_DIR, MINI_DATA_DIR
 from crossdefense.tasks import TASKS
 
 
@@ -54,7 +53,7 @@ def test_demo_validates_before_work(tmp_path):
 
 
 def test_benign_task_records_pair_the_defended_task_with_two_others():
-    from crossdefense.demo import benign_task_records
+    from crossdefense.mixture import benign_document_records as benign_task_records
 
     rows = [
         {
@@ -79,12 +78,19 @@ def test_benign_task_records_pair_the_defended_task_with_two_others():
 
 
 def test_contrast_documents_are_opt_in():
-    from crossdefense.demo import benign_documents
+    """The preset takes the first 40 benign documents; --contrast all 80 (the last 40 are the
+    topic-matched contrast documents)."""
+    from crossdefense.demo import DemoConfig, preset, sweep_variables
+    from crossdefense.io import read_jsonl
+    from crossdefense.paths import REPO_ROOT
+    from crossdefense.sweep.config import flag_values
 
-    plain, both = benign_documents(False), benign_documents(True)
-    assert [r["id"] for r in plain] == [f"btr-{i:03d}" for i in range(1, 41)]
-    assert both[:40] == plain and len(both) == 80
-    assert all(r["kind"] == "useful" for r in both[40:])
+    plain, contrast = preset(), preset(sweep_variables(DemoConfig(contrast=True)))
+    rows = read_jsonl(REPO_ROOT / plain.benign_documents)
+    assert [r["id"] for r in rows[:40]] == [f"btr-{i:03d}" for i in range(1, 41)]
+    assert all(r["kind"] == "useful" for r in rows[40:]) and len(rows) == 80
+    assert flag_values(plain.build_args)["num_benign_documents"] == "40"
+    assert flag_values(contrast.build_args)["num_benign_documents"] == "80"
 
 
 @pytest.mark.slow
@@ -127,15 +133,21 @@ def test_short_demo_end_to_end(tmp_path):
     trained = {(r["train_task"], r["num_defense"], r["method"]) for r in summary["results"]}
     assert trained == {("none", 0, None), ("summarize", 4, "sft"), ("summarize", 4, "dpo")}
     assert "summarize+dpo 4" in table
-    dpo_manifest = out / "data" / "saferpaca_Instructions_16_4_summarize.dpo.manifest.json"
-    assert json.loads(dpo_manifest.read_text())["preference_pairs"]["rejected_from"].endswith(
-        "onpolicy/base/saferpaca_Instructions_16_4_summarize.prompts.json"
+    dpo_manifest = (
+        out / "data" / "summarize" / "saferpaca_Instructions_16_4_summarize.dpo.manifest.json"
     )
-    caps = json.loads((out / "capabilities" / "base.json").read_text())
+    assert json.loads(dpo_manifest.read_text())["preference_pairs"]["rejected_from"].endswith(
+        "onpolicy/base_smollm2/saferpaca_Instructions_16_4_summarize.prompts.json"
+    )
+    caps = json.loads((out / "capabilities" / "base_smollm2" / "base_smollm2.json").read_text())
     assert caps["limit"] == 4 and caps["tasks"] == ["crossdefense_mc"]
     assert "Capability (lm-evaluation-harness)" in table
     if cfg.xstest_per_type:
-        [xs] = [r for r in summary["results"] if r["run"] == "base" and r["doc_kind"] == "xstest"]
+        [xs] = [
+            r
+            for r in summary["results"]
+            if r["run"] == "base_smollm2" and r["doc_kind"] == "xstest"
+        ]
         assert xs["n"] == 18 and xs["by_kind"]["xstest_safe"]["n"] == 10  # one per type
         assert "## XSTest (exaggerated safety)" in table
     # other documents and another output folder: the adapters are reused, not retrained
@@ -148,6 +160,7 @@ def test_short_demo_end_to_end(tmp_path):
 
     other = run_demo(replace(cfg, output_dir=str(tmp_path / "demo2"), eval_offset=1))
     assert [c.stat().st_mtime_ns for c in ckpts] == stamps
-    ids = json.loads((other / "generations" / "base" / "test_summarize.json").read_text())["ids"]
-    source = json.loads((Path(cfg.eval_dir) / "test_summarize.json").read_text())
+    base = other / "generations" / "base_smollm2" / "test_summarize.json"
+    ids = json.loads(base.read_text())["ids"]
+    source = json.loads((MINI_DATA_DIR / "evaluation" / "test_summarize.json").read_text())
     assert ids == [str(i) for i in source["ids"][1:3]]  # documents 1-2, with their own ids

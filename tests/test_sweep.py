@@ -148,7 +148,7 @@ def test_config_cells_and_run_names(tmp_path):
     paths = sw.cell_paths(cfg, sw.cells(cfg)[2])
     assert paths.mixture == Path("data/training/mix/saferpaca_Instructions_100_10_mix.json")
     assert paths.checkpoint == tmp_path / "checkpoints" / "Instructions_100_10_mix_llama"
-    assert paths.generate_log == tmp_path / "logs" / "Instructions_100_10_mix_llama.generate.log"
+    assert paths.log("generate") == tmp_path / "logs" / "Instructions_100_10_mix_llama.generate.log"
     baseline = sw.cell_paths(cfg, sw.cells(cfg)[0]).mixture
     assert baseline == Path("data/training/summarize/saferpaca_Instructions_100.json")
     # The defaults are the paper's experiment.
@@ -394,15 +394,18 @@ def test_score_and_report_steps_run_once(tmp_path, monkeypatch):
         "fire.Fire(main)\n"
     )
     monkeypatch.setattr(sw.decide, "REPO_ROOT", fake_root)  # the module deciding score/report
+    grid_inputs(tmp_path)
     cfg = sw.SweepConfig.from_env(sweep_env(tmp_path, tmp_path / "model"))
     assert sw.score_decision(cfg).reason == "no finished generations"
     assert sw.report_decision(cfg).reason == "scripts/report.py not found"
     run_dir = sw.cell_paths(cfg, sw.cells(cfg)[0]).generations
     run_dir.mkdir(parents=True)
     (run_dir / "test_summarize.json").write_text("{}")
+    (run_dir / "test_old_eval_set.json").write_text("{}")  # another configuration's output
     sw.write_marker(run_dir, sw.DONE, {})
     d = sw.score_decision(cfg)
-    assert d.action == "run" and d.command[d.command.index("--input_path") + 1] == str(run_dir)
+    scored = d.command[d.command.index("--input_path") + 1]
+    assert d.action == "run" and scored == str(run_dir / "test_summarize.json")
     assert sw.run_step(cfg, "score")
     assert (cfg.scores_dir / "summary.json").is_file()
     assert sw.score_decision(cfg).action == "skip"

@@ -17,7 +17,7 @@ from crossdefense.paths import REPO_ROOT
 from tests.helpers import write_eval
 from tests.test_sweep import RUN_SWEEP, SBATCH, mtimes, run_sh, status_lines
 
-PRESETS = {"paper": 2, "full_grid": 60, "cpu_smoke": 4, "demo": 1}  # name -> cells
+PRESETS = {"paper": 2, "full_grid": 60, "cpu_smoke": 4, "demo": 2}  # name -> cells
 GPU_PRESETS = ("paper", "full_grid")
 UPSTREAM_STEMS = [
     f"test_{task}{kind}"
@@ -72,7 +72,10 @@ def test_every_preset_is_listed_and_loads():
     by_path = sw.SweepConfig.load(str(sw.SWEEPS_DIR / "demo.toml"), env={})
     by_env = sw.SweepConfig.from_env({"SWEEP_FILE": "demo"})
     assert [c.run_name for c in sw.cells(by_path)] == [c.run_name for c in sw.cells(by_env)]
-    assert sw.cells(by_env)[0].run_name == "Instructions_16_40_summarize_smollm2"
+    assert [c.run_name for c in sw.cells(by_env)] == [
+        "base_smollm2",
+        "Instructions_16_40_summarize_smollm2",
+    ]
 
 
 @pytest.mark.parametrize("name", GPU_PRESETS)

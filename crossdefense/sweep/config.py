@@ -9,6 +9,7 @@ and what neither sets keeps the default below (the paper's experiment).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import shlex
@@ -20,12 +21,14 @@ from typing import Any
 
 from crossdefense import UserError
 from crossdefense.cli import as_ints
+from crossdefense.evalsets import Part, encoded, write_part
+from crossdefense.io import sha256_file
 from crossdefense.mixture import DEFAULT_ALPACA, DEFAULT_SAFETY_PATH, normalize_grid
 from crossdefense.paths import CONFIGS_DIR, DATA_DIR, REPO_ROOT
 from crossdefense.tasks import MIX, TASK_NAMES
 
-STAGES = ("build", "train", "generate", "score", "report")
-CELL_STAGES = ("train", "generate")
+STAGES = ("build", "train", "generate", "capabilities", "score", "report")
+CELL_STAGES = ("train", "generate", "capabilities")
 SWEEPS_DIR = CONFIGS_DIR / "sweeps"
 UPSTREAM_MODELS = "llama=yahma/llama-7b-hf:alpaca llama2=meta-llama/Llama-2-7b-hf:llama2"
 # Flags the sweep sets itself per cell; passing them through TRAIN_ARGS/GEN_ARGS would make
@@ -56,6 +59,8 @@ GENERATE_SCRIPT = Path("generation/generate_answers.py")
 BUILD_SCRIPT = Path("scripts/build_defense_data.py")
 SCORE_SCRIPT = Path("scripts/score_answers.py")
 REPORT_SCRIPT = Path("scripts/report.py")
+CAPABILITIES_SCRIPT = Path("scripts/eval_capabilities.py")
+CAPABILITY_OWN = ("base_model", "lora_weights", "output_dir", "run_name", "overwrite")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Every variable with its default (scripts/run_sweep.sh documents them for users).
@@ -83,6 +88,19 @@ DEFAULTS: dict[str, str] = {
     "DOCUMENTS_PATH": "",
     "REFUSALS_PATH": "",
     "BUILD_ARGS": "",
+    # benign documents with an answer per task, added under the defended task and two others
+    # (scripts/build_defense_data.py --benign_documents_path; the embedded demo's mixture)
+    "BENIGN_DOCUMENTS": "",
+    "METHODS": "sft",  # sft and/or dpo (preference pairs; DATA_DIR/<task>/*.dpo.json must exist)
+    "DPO_ARGS": "",  # training flags of the dpo cells, over TRAIN_ARGS (e.g. --learning_rate)
+    "DPO_INIT": "base",  # dpo cells start from a fresh LoRA (base) or their SFT cell's adapter
+    "BASE_RUNS": "no",  # yes: also evaluate each model untrained (run base_<model>)
+    "EVAL_OFFSET": "0",  # first document of each upstream-style eval file
+    "EVAL_LIMIT": "0",  # documents per eval file from EVAL_OFFSET on (0 = to the end)
+    "XSTEST_PER_TYPE": "0",  # XSTest prompts per type with EVAL_SETS xstest (0 = all 450)
+    "CAPABILITIES": "no",  # yes: the lm-eval capability task for every cell
+    "CAPABILITY_ARGS": "",  # flags of scripts/eval_capabilities.py, e.g. --limit 40
+    "CAPABILITIES_DIR": "",  # default $OUT_DIR/evaluation/capabilities
 }
 # How the runner is run rather than what the sweep is; a sweep file may set GPUS and STEPS.
 RUN_VARIABLES = ("GPUS", "STEPS")
@@ -90,8 +108,18 @@ RUN_VARIABLES = ("GPUS", "STEPS")
 SHELL_VARIABLES = (*RUN_VARIABLES, "DRY_RUN", "PYTHON", "SWEEP_FILE")
 # keys of a sweep file: the variables in lowercase
 FILE_KEYS = tuple(k.lower() for k in (*DEFAULTS, *RUN_VARIABLES))
-_LIST_KEYS = ("tasks", "numbers", "eval_sets", "seeds", "gpus", "steps")
-_ARGS_KEYS = ("train_args", "gen_args", "score_args", "report_args", "build_args")
+_LIST_KEYS = ("tasks", "numbers", "eval_sets", "seeds", "gpus", "steps", "methods")
+_ARGS_KEYS = (
+    "train_args",
+    "gen_args",
+    "score_args",
+    "report_args",
+    "build_args",
+    "capability_args",
+    "dpo_args",
+)
+_SWITCH_KEYS = ("base_runs", "capabilities")
+_YES, _NO = ("1", "yes", "true", "on"), ("", "0", "no", "false", "off")
 
 
 @dataclass(frozen=True)
@@ -244,6 +272,8 @@ def _as_words(path: Path, key: str, value: Any) -> str:
                 raise UserError(f'{where}.{name}: expected "path:template" without spaces')
             entries.append(f"{name}={spec}")
         return " ".join(entries)
+    if isinstance(value, bool) and key in _SWITCH_KEYS:
+        return "yes" if value else "no"
     if isinstance(value, bool):
         raise UserError(f"{where}: expected a string, a number or a list, not {value}")
     if isinstance(value, str | int):
@@ -315,6 +345,61 @@ def script(path: Path) -> str:
     return _rel(REPO_ROOT / path)
 
 
+def parse_methods(text: str) -> list[str]:
+    methods = text.replace(",", " ").split()
+    for m in methods:
+        parse_choice(m, "METHODS", ("sft", "dpo"))
+    if not methods or len(set(methods)) != len(methods):
+        raise UserError(f"METHODS: {text!r}: give sft, dpo or both, each once")
+    return methods
+
+
+def parse_choice(value: str, key: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_switch(env: Mapping[str, str], key: str) -> bool:
+    value = (env.get(key) or DEFAULTS[key]).strip().lower()
+    if value not in (*_YES, *_NO):
+        raise UserError(f"{key}: {value!r} is not yes or no")
+    return value in _YES
+
+
+def parse_count(env: Mapping[str, str], key: str) -> int:
+    value = (env.get(key) or "").strip() or DEFAULTS[key]
+    if not value.isdigit():
+        raise UserError(f"{key}: {value!r} is not a non-negative integer")
+    return int(value)
+
+
+def flag_values(args: Sequence[str]) -> dict[str, str | None]:
+    """`--key value` / `--key=value` pairs of pass-through flags (a switch: None)."""
+    out: dict[str, str | None] = {}
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            following = args[i + 1] if i + 1 < len(args) else None
+            value = following if following is not None and not following.startswith("--") else None
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def build_seed(build_args: Sequence[str]) -> int | None:
+    """The --seed BUILD_ARGS give the builder, else its own default."""
+    import inspect
+
+    from crossdefense.mixture import build_defense_data
+
+    if "seed" in (given := flag_values(build_args)):
+        value = given["seed"] or ""
+        return int(value) if value.strip().lstrip("-").isdigit() else None
+    return inspect.signature(build_defense_data).parameters["seed"].default
+
+
 def check_gpus(entries: list[str]) -> list[str]:
     """GPUS entries: `cpu`, or device indices joined by commas (`0`, `0,1`)."""
     for entry in entries:
@@ -350,10 +435,22 @@ class SweepConfig:
     documents_path: str
     refusals_path: str
     build_args: list[str]
+    benign_documents: str = ""
+    methods: list[str] = field(default_factory=lambda: ["sft"])
+    dpo_args: list[str] = field(default_factory=list)
+    dpo_init: str = "base"
+    base_runs: bool = False
+    eval_offset: int = 0
+    eval_limit: int = 0
+    xstest_per_type: int = 0
+    capabilities: bool = False
+    capability_args: list[str] = field(default_factory=list)
+    capabilities_dir: Path = Path("evaluation/capabilities")
     steps: list[str] = field(default_factory=lambda: list(STAGES))
     gpus: list[str] = field(default_factory=list)  # workers; empty: the visible GPUs, else cpu
     source: Path | None = None  # the sweep file, if any
     _eval_files: list[Path] | None = field(default=None, repr=False)
+    _eval_digests: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -418,7 +515,7 @@ class SweepConfig:
         def out_dir(key: str, default: str) -> Path:
             return Path(env.get(key) or out / default)
 
-        return cls(
+        cfg = cls(
             tasks=tasks,
             numbers=numbers,
             models=parse_models(get("MODELS")),
@@ -454,11 +551,83 @@ class SweepConfig:
             build_args=parse_args(
                 get("BUILD_ARGS"), "BUILD_ARGS", BUILD_OWN, REPO_ROOT / BUILD_SCRIPT
             ),
+            benign_documents=env.get("BENIGN_DOCUMENTS", "").strip(),
+            methods=parse_methods(get("METHODS")),
+            dpo_args=parse_args(
+                get("DPO_ARGS"),
+                "DPO_ARGS",
+                (*OWN_TRAIN_FLAGS, "method", "seed"),
+                REPO_ROOT / TRAIN_SCRIPT,
+            ),
+            dpo_init=parse_choice(get("DPO_INIT"), "DPO_INIT", ("base", "sft")),
+            base_runs=parse_switch(env, "BASE_RUNS"),
+            eval_offset=parse_count(env, "EVAL_OFFSET"),
+            eval_limit=parse_count(env, "EVAL_LIMIT"),
+            xstest_per_type=parse_count(env, "XSTEST_PER_TYPE"),
+            capabilities=parse_switch(env, "CAPABILITIES"),
+            capability_args=parse_args(
+                get("CAPABILITY_ARGS"),
+                "CAPABILITY_ARGS",
+                CAPABILITY_OWN,
+                REPO_ROOT / CAPABILITIES_SCRIPT,
+            ),
+            capabilities_dir=out_dir("CAPABILITIES_DIR", "evaluation/capabilities"),
             steps=parse_steps(env.get("STEPS", "").strip() or None),
             gpus=check_gpus(env.get("GPUS", "").split()),
         )
+        if cfg.dpo_init == "sft" and "sft" not in cfg.methods:
+            raise UserError(
+                "DPO_INIT: sft needs METHODS to include sft (the adapters it starts from)"
+            )
+        return cfg
+
+    def cell_stages(self, steps: Sequence[str]) -> list[str]:
+        """The cell stages of `steps` this sweep has (capabilities only with CAPABILITIES)."""
+        return [s for s in steps if s in CELL_STAGES and (s != "capabilities" or self.capabilities)]
+
+    def eval_part(self) -> Part:
+        """EVAL_OFFSET / EVAL_LIMIT / XSTEST_PER_TYPE; XSTest is drawn with the data seed."""
+        seed = build_seed(self.build_args)
+        return Part(self.eval_offset, self.eval_limit, self.xstest_per_type, seed or 0)
+
+    def eval_parts_dir(self) -> Path:
+        return self.data_dir / "eval" / self.eval_part().folder_name()
 
     def eval_files(self) -> list[Path]:
+        """The files generation reads: the sources, or where EVAL_OFFSET / EVAL_LIMIT /
+        XSTEST_PER_TYPE apply, their parts in DATA_DIR/eval/<part>/ (`write_eval_parts`)."""
+        part = self.eval_part()
+        return [
+            part.target(f, self.eval_parts_dir()) if part.applies_to(f) else f
+            for f in self.eval_sources()
+        ]
+
+    def eval_digests(self) -> dict[str, str]:
+        """eval stem -> sha256 of the file generation reads (a part: of the bytes it will be)."""
+        if self._eval_digests is None:
+            part = self.eval_part()
+            self._eval_digests = {
+                f.stem: (
+                    hashlib.sha256(encoded(part.content(f))).hexdigest()
+                    if part.applies_to(f)
+                    else sha256_file(f)
+                )
+                for f in self.eval_sources()
+            }
+        return self._eval_digests
+
+    def write_eval_parts(self) -> list[Path]:
+        """Write the parts generation will read (unchanged ones are left alone)."""
+        part = self.eval_part()
+        written = []
+        for f in self.eval_sources():
+            if part.applies_to(f) and write_part(
+                part.content(f), part.target(f, self.eval_parts_dir())
+            ):
+                written.append(part.target(f, self.eval_parts_dir()))
+        return written
+
+    def eval_sources(self) -> list[Path]:
         """EVAL_SETS entries: a stem (EVAL_DIR/<stem>.json), a glob in EVAL_DIR, a path, or
         `xstest` (data/xstest/xstest_prompts.csv, from scripts/download_data.sh)."""
         from crossdefense.paths import XSTEST_DIR

@@ -26,12 +26,15 @@ from crossdefense.stages import fingerprint
 from crossdefense.sweep.cells import Cell, cell_paths, cells, train_launcher
 from crossdefense.sweep.config import (
     BUILD_SCRIPT,
+    CAPABILITIES_SCRIPT,
     GENERATE_SCRIPT,
     REPORT_SCRIPT,
     SCORE_SCRIPT,
     TRAIN_SCRIPT,
     SweepConfig,
     _rel,
+    build_seed,
+    flag_values,
     python,
     script,
 )
@@ -68,28 +71,79 @@ def _sha(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
+def merge_flags(base: Sequence[str], over: Sequence[str]) -> list[str]:
+    """`base` without the flags `over` sets (each with its values), then `over`."""
+
+    def name(arg: str) -> str | None:
+        return arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+
+    replaced = {name(a) for a in over} - {None}
+    out: list[str] = []
+    dropping = False
+    for arg in base:
+        if name(arg) is not None:
+            dropping = name(arg) in replaced
+        if not dropping:
+            out.append(arg)
+    return [*out, *over]
+
+
+def cell_train_args(cfg: SweepConfig, cell: Cell) -> list[str]:
+    """TRAIN_ARGS, and for a dpo cell DPO_ARGS over them."""
+    if cell.method == "dpo":
+        return merge_flags(cfg.train_args, [*cfg.dpo_args, "--method", "dpo"])
+    return list(cfg.train_args)
+
+
 def train_config(cfg: SweepConfig, cell: Cell) -> dict[str, Any]:
-    """What an adapter depends on. The data counts by content, not by path."""
+    """What an adapter depends on. The data (and a from_sft cell's starting adapter) count by
+    content, not by path."""
     mixture = cell_paths(cfg, cell).mixture
     return {
         "base_model": cell.model.path,
         "template": cell.model.template,
         "data_sha256": _sha(mixture),
-        "train_args": cfg.train_args,
+        "train_args": cell_train_args(cfg, cell),
         **({"seed": cell.seed} if cell.seed is not None else {}),
+        **({"init": adapter_digest(cfg, cell.sft_cell())} if cell.from_sft else {}),
     }
+
+
+def adapter_digest(cfg: SweepConfig, cell: Cell) -> dict[str, Any] | None:
+    """A cell's adapter by content (None for an untrained cell): a retrained but identical
+    adapter keeps what was made with it."""
+    if not cell.trained:
+        return None
+    ckpt = cell_paths(cfg, cell).checkpoint
+    return {name: _sha(ckpt / name) for name in ADAPTER_FILES}
 
 
 def generate_config(cfg: SweepConfig, cell: Cell) -> dict[str, Any]:
-    """What the generations depend on: the adapter by content (a retrained but identical
-    adapter keeps its generations), the eval files by content, the decoding flags."""
-    ckpt = cell_paths(cfg, cell).checkpoint
+    """What the generations depend on: the adapter, the eval files by content, the decoding
+    flags (and, untrained, the prompt template)."""
     return {
         "base_model": cell.model.path,
-        "adapter": {name: _sha(ckpt / name) for name in ADAPTER_FILES},
-        "eval_files": {p.stem: sha256_file(p) for p in cfg.eval_files()},
+        "adapter": adapter_digest(cfg, cell),
+        **({} if cell.trained else {"template": cell.model.template}),
+        "eval_files": cfg.eval_digests(),
         "gen_args": cfg.gen_args,
     }
+
+
+def capabilities_config(cfg: SweepConfig, cell: Cell) -> dict[str, Any]:
+    return {
+        "base_model": cell.model.path,
+        "adapter": adapter_digest(cfg, cell),
+        "capability_args": cfg.capability_args,
+    }
+
+
+def _untrained_adapter(cfg: SweepConfig, cell: Cell) -> str | None:
+    """Why a trained cell cannot use its adapter yet (None: it can)."""
+    ckpt = cell_paths(cfg, cell).checkpoint
+    if cell.trained and not all((ckpt / f).is_file() for f in TRAINED_FILES):
+        return f"no trained adapter in {ckpt}"
+    return None
 
 
 def read_marker(directory: Path, name: str) -> dict[str, Any] | None:
@@ -139,6 +193,8 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def decide_train(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Decision:
+    if not cell.trained:
+        return Decision("train", "skip", "the model untrained: nothing to train")
     paths = cell_paths(cfg, cell)
     config = train_config(cfg, cell)
     ckpt = paths.checkpoint
@@ -154,11 +210,18 @@ def decide_train(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Decisi
         "--prompt_template_name",
         cell.model.template,
         *(["--seed", str(cell.seed)] if cell.seed is not None else []),
-        *cfg.train_args,
+        *cell_train_args(cfg, cell),
     ]
+    init = cell_paths(cfg, cell.sft_cell()).checkpoint if cell.from_sft else None
     trained = all((ckpt / f).is_file() for f in TRAINED_FILES)
     if config["data_sha256"] is None:
-        return Decision("train", "error", f"mixture {paths.mixture} not found", config, command)
+        how = " (preference pairs: scripts/build_defense_data.py --format dpo)"
+        why = f"mixture {paths.mixture} not found" + (how if cell.method == "dpo" else "")
+        return Decision("train", "error", why, config, command)
+    if init is not None:
+        missing = _untrained_adapter(cfg, cell.sft_cell())
+        if missing:
+            return Decision("train", "error", f"{missing} to start DPO from", config, command)
     done = read_marker(ckpt, DONE)
     if trained and is_current(done, config):
         return Decision("train", "skip", "done, settings unchanged", config)
@@ -177,6 +240,8 @@ def decide_train(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Decisi
         reason = "adapter from outside the sweep: starting over"
     else:
         reason = "not trained yet"
+    if init is not None:
+        command += ["--resume_from_checkpoint", str(init)]  # the SFT adapter, as its start
     stale = [p for p in ckpt.glob("checkpoint-*") if p.is_dir()]
     stale += [ckpt / f for f in (*TRAINED_FILES, "prompt_template.json", DONE)]
     return Decision("train", "run", reason, config, command, [p for p in stale if p.exists()])
@@ -195,6 +260,10 @@ def decide_generate(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Dec
     paths = cell_paths(cfg, cell)
     ckpt, run_dir = paths.checkpoint, paths.generations
 
+    # an adapter carries its template; the model alone is told which one to use
+    model = ["--lora_weights", str(ckpt)] if cell.trained else []
+    model = model or ["--prompt_template_path", cell.model.template]
+
     def command(files: Sequence[Path]) -> list[str]:
         return [
             python(),
@@ -205,16 +274,16 @@ def decide_generate(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Dec
             str(cfg.generations_dir),
             "--base_model",
             cell.model.path,
-            "--lora_weights",
-            str(ckpt),
+            *model,
             "--run_name",
             cell.run_name,
             *cfg.gen_args,
         ]
 
     files = cfg.eval_files()
-    if not all((ckpt / f).is_file() for f in TRAINED_FILES):
-        return Decision("generate", "error", f"no trained adapter in {ckpt}", {}, command(files))
+    missing = _untrained_adapter(cfg, cell)
+    if missing:
+        return Decision("generate", "error", missing, {}, command(files))
     config = generate_config(cfg, cell)
     outputs = generation_outputs(cfg, cell)
     finished = [f for f in files if outputs[f.stem][0].is_file()]
@@ -239,15 +308,65 @@ def decide_generate(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Dec
     return Decision("generate", "run", reason, config, command(files), stale)
 
 
+def decide_capabilities(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Decision:
+    """lm-eval's capability task (scripts/eval_capabilities.py) on the cell's model; the
+    result file is redone when the adapter or CAPABILITY_ARGS changed."""
+    if not cfg.capabilities:
+        return Decision("capabilities", "skip", "CAPABILITIES=no")
+    paths = cell_paths(cfg, cell)
+    result = paths.capability_file
+    command = [
+        python(),
+        script(CAPABILITIES_SCRIPT),
+        "--base_model",
+        cell.model.path,
+        *(["--lora_weights", str(paths.checkpoint)] if cell.trained else []),
+        "--output_dir",
+        str(paths.capabilities),
+        "--run_name",
+        cell.run_name,
+        *(
+            ["--device", "cpu"]
+            if gpu == "cpu" and not _has_flag(cfg.capability_args, "device")
+            else []
+        ),
+        *cfg.capability_args,
+    ]
+    missing = _untrained_adapter(cfg, cell)
+    if missing:
+        return Decision("capabilities", "error", missing, {}, command)
+    config = capabilities_config(cfg, cell)
+    done = read_marker(paths.capabilities, DONE)
+    if result.is_file() and is_current(done, config):
+        return Decision("capabilities", "skip", "done, settings unchanged", config)
+    if result.is_file() and is_current(read_marker(paths.capabilities, STARTED), config):
+        return Decision("capabilities", "mark", "result complete, marking done", config)
+    if done is not None:
+        reason = f"settings changed ({_changed(done, config)}): measuring again"
+    else:
+        reason = "not measured yet"
+    stale = [p for p in (result, paths.capabilities / DONE) if p.exists()]
+    return Decision("capabilities", "run", reason, config, command, stale)
+
+
+def _has_flag(args: Sequence[str], flag: str) -> bool:
+    return any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in args)
+
+
+_DECIDERS = {
+    "train": decide_train,
+    "generate": decide_generate,
+    "capabilities": decide_capabilities,
+}
+
+
 def decide(cfg: SweepConfig, cell: Cell, stage: str, gpu: str | None = None) -> Decision:
     """The decision for one cell stage; a configuration problem (e.g. no eval file) becomes an
     `error` decision, so one broken cell never stops the others."""
-    if stage not in ("train", "generate"):
-        raise UserError(f"unknown cell stage {stage!r}; expected train or generate")
+    if stage not in _DECIDERS:
+        raise UserError(f"unknown cell stage {stage!r}; expected {', '.join(_DECIDERS)}")
     try:
-        if stage == "train":
-            return decide_train(cfg, cell, gpu)
-        return decide_generate(cfg, cell, gpu)
+        return _DECIDERS[stage](cfg, cell, gpu)
     except UserError as e:
         return Decision(stage, "error", str(e))
 
@@ -265,21 +384,6 @@ def missing_mixtures(cfg: SweepConfig, task: str) -> list[int]:
     return [n for n in ns if not mixture_path(cfg, task, n).is_file()]
 
 
-def _build_seed(build_args: Sequence[str]) -> int | None:
-    """The --seed BUILD_ARGS give the builder, else its own default."""
-    import inspect
-
-    from crossdefense.mixture import build_defense_data
-
-    for i, arg in enumerate(build_args):
-        value = arg.split("=", 1)[1] if arg.startswith("--seed=") else None
-        if arg == "--seed" and i + 1 < len(build_args):
-            value = build_args[i + 1]
-        if value is not None:
-            return int(value) if value.strip().lstrip("-").isdigit() else None
-    return inspect.signature(build_defense_data).parameters["seed"].default
-
-
 def stale_mixtures(cfg: SweepConfig, task: str) -> dict[int, str]:
     """{N: why} for mixtures that are there but were built otherwise than this sweep would
     build them (their manifest records the seed, K and each source file's sha256)."""
@@ -288,8 +392,9 @@ def stale_mixtures(cfg: SweepConfig, task: str) -> dict[int, str]:
         "safety": cfg.safety_path,
         "documents": cfg.documents_path,
         "refusals": cfg.refusals_path,
+        "benign_documents": cfg.benign_documents,
     }
-    seed = _build_seed(cfg.build_args)
+    seed = build_seed(cfg.build_args)
     # each source is hashed once, not once per N
     hashes = {k: sha256_file(Path(g)) for k, g in sources.items() if g and Path(g).is_file()}
     out: dict[int, str] = {}
@@ -303,8 +408,16 @@ def stale_mixtures(cfg: SweepConfig, task: str) -> dict[int, str]:
         except UserError:
             out[n] = "its manifest cannot be read"
             continue
+        recorded_flags = (m.get("provenance") or {}).get("flags") or {}
+        changed = [
+            f"--{k} {recorded_flags[k]} -> {v}"
+            for k, v in flag_values(cfg.build_args).items()
+            if v is not None and k != "seed" and str(recorded_flags.get(k, v)) != v
+        ]
         if seed is not None and m.get("seed") != seed:
             out[n] = f"seed {m.get('seed')} -> {seed}"
+        elif changed:
+            out[n] = f"BUILD_ARGS {', '.join(changed)}"
         elif m.get("num_safety") != cfg.num_safety:
             out[n] = f"NUM_SAFETY {m.get('num_safety')} -> {cfg.num_safety}"
         else:
@@ -314,6 +427,34 @@ def stale_mixtures(cfg: SweepConfig, task: str) -> dict[int, str]:
                     out[n] = f"{key} file changed ({sources[key]})"
                     break
     return out
+
+
+def build_command(cfg: SweepConfig, task: str, ns: Sequence[int], *extra: str) -> list[str]:
+    """scripts/build_defense_data.py for `task` and the Ns `ns`, from the sweep's inputs and
+    BUILD_ARGS (`extra` after them: e.g. --format dpo for preference pairs)."""
+    command = [
+        python(),
+        script(BUILD_SCRIPT),
+        "--task",
+        task,
+        f"--grid={','.join(map(str, ns))}",
+        "--num_safety",
+        str(cfg.num_safety),
+        "--alpaca_path",
+        cfg.alpaca_path,
+        "--safety_path",
+        cfg.safety_path,
+        "--output_dir",
+        str(cfg.data_dir / task),
+    ]
+    if max(ns) > 0:
+        command += ["--documents_path", cfg.documents_path]
+        command += ["--refusals_path", cfg.refusals_path]
+    if cfg.benign_documents:
+        command += ["--benign_documents_path", cfg.benign_documents]
+    if cfg.eval_dir.is_dir():
+        command += ["--eval_dir", str(cfg.eval_dir)]  # the leakage check
+    return [*command, *cfg.build_args, *extra]
 
 
 def build_decisions(cfg: SweepConfig) -> list[tuple[str, Decision]]:
@@ -334,32 +475,13 @@ def build_decisions(cfg: SweepConfig) -> list[tuple[str, Decision]]:
             )
             out.append((task, Decision("build", "error", reason)))
             continue
-        command = [
-            python(),
-            script(BUILD_SCRIPT),
-            "--task",
-            task,
-            f"--grid={','.join(map(str, missing))}",
-            "--num_safety",
-            str(cfg.num_safety),
-            "--alpaca_path",
-            cfg.alpaca_path,
-            "--safety_path",
-            cfg.safety_path,
-            "--output_dir",
-            str(cfg.data_dir / task),
-        ]
-        if max(missing) > 0:
-            command += ["--documents_path", cfg.documents_path]
-            command += ["--refusals_path", cfg.refusals_path]
-        if cfg.eval_dir.is_dir():
-            command += ["--eval_dir", str(cfg.eval_dir)]  # the leakage check
+        command = build_command(cfg, task, missing)
         reason = f"building N={','.join(map(str, missing))}"
         if stale:
             command.append("--overwrite")
             why = "; ".join(f"N={n}: {w}" for n, w in sorted(stale.items()))
             reason += f" (rebuilt, made otherwise: {why})"
-        out.append((task, Decision("build", "run", reason, command=command + cfg.build_args)))
+        out.append((task, Decision("build", "run", reason, command=command)))
     return out
 
 
@@ -369,17 +491,19 @@ def score_decision(cfg: SweepConfig) -> Decision:
     score_script = REPO_ROOT / SCORE_SCRIPT
     if not score_script.is_file():
         return Decision("score", "skip", "scripts/score_answers.py not found")
-    run_dirs = [
-        cell_paths(cfg, c).generations
+    # exactly this sweep's outputs: an eval file or run of another sweep configuration that
+    # shares the folders is not scored as if it were part of this one
+    outputs = [
+        final
         for c in cells(cfg)
         if read_marker(cell_paths(cfg, c).generations, DONE) is not None
+        for final, _ in generation_outputs(cfg, c).values()
+        if final.is_file()
     ]
-    if not run_dirs:
+    if not outputs:
         return Decision("score", "skip", "no finished generations")
     config = {
-        "generations": {
-            f"{d.name}/{p.name}": sha256_file(p) for d in run_dirs for p in sorted(d.glob("*.json"))
-        },
+        "generations": {f"{p.parent.name}/{p.name}": sha256_file(p) for p in outputs},
         "score_args": cfg.score_args,
     }
     summary = cfg.scores_dir / "summary.json"
@@ -389,14 +513,15 @@ def score_decision(cfg: SweepConfig) -> Decision:
         python(),
         _rel(score_script),
         "--input_path",
-        ",".join(str(d) for d in run_dirs),
+        ",".join(str(p) for p in outputs),
         "--output_dir",
         str(cfg.scores_dir),
         *cfg.score_args,
     ]
     if summary.exists() or (cfg.scores_dir / "scores.jsonl").exists():
         command.append("--overwrite")
-    return Decision("score", "run", f"{len(run_dirs)} finished cells", config, command)
+    runs = len({p.parent for p in outputs})
+    return Decision("score", "run", f"{runs} finished cells", config, command)
 
 
 def report_decision(cfg: SweepConfig) -> Decision:
@@ -406,7 +531,18 @@ def report_decision(cfg: SweepConfig) -> Decision:
         return Decision("report", "skip", "scripts/report.py not found")
     if not summary.is_file():
         return Decision("report", "skip", f"no {summary} yet")
-    config = {"summary_sha256": sha256_file(summary), "report_args": cfg.report_args}
+    capabilities = [
+        cell_paths(cfg, c).capability_file
+        for c in cells(cfg)
+        if cfg.capabilities and read_marker(cell_paths(cfg, c).capabilities, DONE) is not None
+    ]
+    config = {
+        "summary_sha256": sha256_file(summary),
+        "report_args": cfg.report_args,
+        **(
+            {"capabilities": {p.stem: sha256_file(p) for p in capabilities}} if capabilities else {}
+        ),
+    }
     if is_current(read_marker(cfg.report_dir, DONE), config):
         return Decision("report", "skip", "done, scores unchanged", config)
     command = [
@@ -416,6 +552,7 @@ def report_decision(cfg: SweepConfig) -> Decision:
         str(summary),
         "--output_dir",
         str(cfg.report_dir),
+        *(["--capabilities_path", ",".join(map(str, capabilities))] if capabilities else []),
         *cfg.report_args,
     ]
     if cfg.report_dir.is_dir() and any(p.name != DONE for p in cfg.report_dir.iterdir()):

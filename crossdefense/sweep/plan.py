@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense.sweep.cells import cell_at, cell_paths, cells, devices
-from crossdefense.sweep.config import CELL_STAGES, SweepConfig, _rel
+from crossdefense.sweep.config import SweepConfig, _rel
 from crossdefense.sweep.decide import (
     Decision,
     build_decisions,
@@ -41,12 +41,12 @@ def cell_commands(
         f"task={cell.task} N={cell.n}  gpu={where}"
     ]
     train_runs = False
-    for stage in (s for s in steps if s in CELL_STAGES):
+    for stage in cfg.cell_stages(steps):
         d = decide(cfg, cell, stage, gpu)
         if stage == "train" and d.action == "error" and cell_paths(cfg, cell).mixture in to_build:
             d = Decision("train", "run", "after the build step", command=d.command)
-        if stage == "generate" and train_runs and d.action == "error":
-            d = Decision("generate", "run", "after training", command=d.command)
+        if stage in ("generate", "capabilities") and train_runs and d.action == "error":
+            d = Decision(stage, "run", "after training", command=d.command)
         train_runs = train_runs or (stage == "train" and d.runs)
         lines.append(f"  {stage:<8} {d.action}: {d.reason}")
         if d.command and d.action in ("run", "resume", "error"):
@@ -67,6 +67,8 @@ def plan_lines(cfg: SweepConfig, steps: Sequence[str], gpus: Sequence[str]) -> l
     if "generate" in steps:
         files = cfg.eval_files()
         lines.append(f"eval sets ({len(files)}): {', '.join(_rel(f) for f in files)}")
+        if not cfg.eval_part().whole:
+            lines.append(f"  (parts of {', '.join(map(_rel, cfg.eval_sources()))}, written first)")
     to_build: list[Path] = []
     if "build" in steps:
         for task, d in build_decisions(cfg):
@@ -106,7 +108,7 @@ def summary_lines(
     cfg: SweepConfig, rows: Mapping[int, Mapping[str, Any]], steps: Sequence[str]
 ) -> tuple[list[str], bool]:
     """The final table and the failed cells with their logs; the bool: True if none failed."""
-    stages = [s for s in steps if s in CELL_STAGES]
+    stages = cfg.cell_stages(steps)
     all_cells = cells(cfg)
     table = []
     failed: list[str] = []

@@ -25,7 +25,7 @@ from typing import Any
 
 from crossdefense.io import LOCK_FILE
 from crossdefense.sweep.cells import Cell, cell_at, cell_paths, cells, devices
-from crossdefense.sweep.config import CELL_STAGES, SweepConfig, _rel
+from crossdefense.sweep.config import SweepConfig, _rel
 from crossdefense.sweep.decide import DONE, STARTED, decide, step_decisions, write_marker
 
 # --------------------------------------------------------------------------- output
@@ -289,7 +289,7 @@ def cell_row(
         "gpu": gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "stages": {},
     }
-    stages = [s for s in steps if s in CELL_STAGES]
+    stages = cfg.cell_stages(steps)
     for i, stage in enumerate(stages):
         result = run_stage(cfg, cell, stage, total, gpu, env, progress)
         row["stages"][stage] = result
@@ -307,6 +307,8 @@ def run_cell(
     """One cell (a SLURM array task: index None reads SLURM_ARRAY_TASK_ID); True if it ran
     or was skipped, False if a stage failed."""
     cell = cell_at(cfg, index)
+    if "generate" in steps:
+        cfg.write_eval_parts()
     with handle_signals():
         row = cell_row(cfg, cell, steps, gpu, worker_env(gpu))
     return all(r["status"] != "fail" for r in row["stages"].values())
@@ -376,7 +378,7 @@ def run_queue(cfg: SweepConfig, steps: Sequence[str], gpus: Sequence[str]) -> di
     waiting = iter(all_cells)
     take = threading.Lock()
     rows: dict[int, dict] = {}
-    cell_stages = [s for s in steps if s in CELL_STAGES]
+    cell_stages = cfg.cell_stages(steps)
     progress = Progress(len(all_cells) * len(cell_stages), workers=len(gpus))
     progress.waiting = {s: len(all_cells) for s in cell_stages}
     ncpu = sum(1 for g in gpus if not devices(g))
@@ -411,7 +413,10 @@ def run_sweep(cfg: SweepConfig, steps: Sequence[str], gpus: Sequence[str] = ()) 
     with handle_signals():
         if "build" in steps:
             ok &= run_step(cfg, "build")
-        if any(s in CELL_STAGES for s in steps) and not CHILDREN.stopped:
+        if "generate" in steps and not cfg.eval_part().whole:
+            for path in cfg.write_eval_parts():
+                say(f"[{_now()}] wrote {_rel(path)}")
+        if cfg.cell_stages(steps) and not CHILDREN.stopped:
             rows = run_queue(cfg, steps, workers)
             if not CHILDREN.stopped:
                 lines, cells_ok = summary_lines(cfg, rows, steps)
