@@ -18,6 +18,7 @@ from typing import Any
 
 from crossdefense import UserError
 from crossdefense.io import read_json, sha256_file, write_json
+from crossdefense.runs import eval_part_name
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,7 @@ class Part:
         return not (self.offset or self.limit or self.xstest_per_type)
 
     def folder_name(self) -> str:
-        """A folder name that differs for every part (two sweeps never share one)."""
-        name = f"offset{self.offset}_limit{self.limit or 'all'}"
-        if self.xstest_per_type:
-            name += f"_xstest{self.xstest_per_type}_seed{self.seed}"
-        return name
+        return eval_part_name(self.offset, self.limit, self.xstest_per_type, self.seed)
 
     def applies_to(self, source: Path) -> bool:
         if source.suffix == ".csv":

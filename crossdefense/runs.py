@@ -119,6 +119,16 @@ def short_model_name(model: str | None) -> str | None:
     return Path(str(model).rstrip("/")).name or str(model)
 
 
+# --------------------------------------------------------------------------- eval parts
+
+
+def eval_part_name(offset: int, limit: int, xstest_per_type: int = 0, seed: int = 0) -> str:
+    """The folder of one part of the eval files (crossdefense.evalsets.Part): every part its
+    own, so two sweeps never share one."""
+    name = f"offset{offset}_limit{limit or 'all'}"
+    return name + (f"_xstest{xstest_per_type}_seed{seed}" if xstest_per_type else "")
+
+
 # --------------------------------------------------------------------------- generation outputs
 
 

@@ -71,7 +71,8 @@ def main(
         ok = True
         if action == "count":
             if "generate" in stage_list:
-                cfg.eval_files()  # a wrong EVAL_SETS fails now, not after every training run
+                # a wrong EVAL_SETS or EVAL_OFFSET fails now, not after every training run
+                cfg.eval_digests()
             print(len(cells(cfg)))
         elif action == "plan":
             print("\n".join(plan_lines(cfg, stage_list, workers or detect_gpus())))
@@ -81,7 +82,7 @@ def main(
             ok = run_cell(cfg, index, stage_list, _words(gpu))
         elif action == "sweep":
             if "generate" in stage_list:
-                cfg.eval_files()
+                cfg.eval_digests()
             ok = run_sweep(cfg, stage_list, workers)
         else:
             ok = run_step(cfg, action)
