@@ -48,7 +48,7 @@ def check_adapter_dir(path: str) -> None:
         raise UserError(
             f"{path}: no adapter files (adapter_config.json + adapter_model.safetensors)"
         )
-    from crossdefense.training import TRAINING_STARTED
+    from crossdefense.runs import TRAINING_STARTED
 
     if (p / TRAINING_STARTED).is_file():
         raise UserError(

@@ -95,6 +95,10 @@ def run_name(
     return name if seed is None else f"{name}_seed{seed}"
 
 
+# in a training output folder from the start of a run until its adapter is complete
+TRAINING_STARTED = "training_started.json"
+
+
 def base_run_name(model: str) -> str:
     """The run of a model evaluated as it is, without an adapter (a sweep's BASE_RUNS)."""
     return f"base_{model}"

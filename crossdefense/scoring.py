@@ -462,10 +462,14 @@ def agreement(verdicts: dict[str, list], judges: Sequence[Judge]) -> dict[str, A
     return out
 
 
+def paired_ids(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """The ids two label maps (id -> label) both have and both judges could label."""
+    return [i for i in a if i in b and UNPARSED not in (a[i], b[i])]
+
+
 def paired_refusals(a: dict[str, str], b: dict[str, str]) -> dict[str, Any]:
-    """Exact McNemar test of refusal vs not between two label maps (id -> label), on the ids
-    both have and both judges could label."""
-    ids = [i for i in a if i in b and UNPARSED not in (a[i], b[i])]
+    """Exact McNemar test of refusal vs not between two label maps, on their `paired_ids`."""
+    ids = paired_ids(a, b)
     return mcnemar_exact([a[i] == REFUSAL for i in ids], [b[i] == REFUSAL for i in ids])
 
 
@@ -624,7 +628,7 @@ def compare_runs(
     stems = sorted({stem for run, stem in by if run == run_a} & {s for r, s in by if r == run_b})
     for stem in stems:
         a, b = by[(run_a, stem)], by[(run_b, stem)]
-        ids = [i for i in a if i in b and UNPARSED not in (a[i], b[i])]
+        ids = paired_ids(a, b)
         test = paired_refusals(a, b)
         out.append(
             {

@@ -29,13 +29,13 @@ from crossdefense.data import (
     read_training_records,
 )
 from crossdefense.io import read_json, run_metadata, sha256_file, write_json
+from crossdefense.runs import TRAINING_STARTED
 
 log = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.json"
 METHODS = ("sft", "dpo")
 # Written into --output_dir when training starts (removed when it finishes): what a Trainer
 # checkpoint in that folder was made with, so a resumption with other settings is refused.
-TRAINING_STARTED = "training_started.json"
 # What a finished run leaves in --output_dir (besides peft's README.md)
 FINISHED_FILES = (
     "adapter_model.safetensors",

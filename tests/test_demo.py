@@ -158,7 +158,17 @@ def test_short_demo_end_to_end(tmp_path):
     stamps = [c.stat().st_mtime_ns for c in ckpts]
     from dataclasses import replace
 
-    other = run_demo(replace(cfg, output_dir=str(tmp_path / "demo2"), eval_offset=1))
+    # (SFT alone and no extra evaluations: the cheapest run that shows the reuse)
+    other = run_demo(
+        replace(
+            cfg,
+            output_dir=str(tmp_path / "demo2"),
+            eval_offset=1,
+            methods=("sft",),
+            capability_limit=0,
+            xstest_per_type=0,
+        )
+    )
     assert [c.stat().st_mtime_ns for c in ckpts] == stamps
     base = other / "generations" / "base_smollm2" / "test_summarize.json"
     ids = json.loads(base.read_text())["ids"]

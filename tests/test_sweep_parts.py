@@ -73,7 +73,8 @@ def test_base_runs_evaluate_each_model_untrained(tmp_path):
 
 
 def test_a_window_of_each_eval_file_is_written_and_fingerprinted_before(tmp_path):
-    cfg = config(tmp_path, EVAL_OFFSET="1", EVAL_LIMIT="2", BASE_RUNS="yes")
+    # XSTEST_PER_TYPE names the part only when XSTest is among the eval sets
+    cfg = config(tmp_path, EVAL_OFFSET="1", EVAL_LIMIT="2", BASE_RUNS="yes", XSTEST_PER_TYPE="2")
     [part] = cfg.eval_files()
     assert part == tmp_path / "data" / "eval" / "offset1_limit2" / "test_summarize.json"
     digest = cfg.eval_digests()["test_summarize"]
@@ -307,3 +308,37 @@ def test_the_demo_is_the_preset_with_its_flags_on_top(tmp_path):
     assert "Instructions_16_40_summarize_smollm2_dpo_from_sft_seed2" in names
     dpo = next(c for c in sw.cells(swept) if c.method == "dpo")
     assert sw.decide.cell_train_args(swept, dpo)[-2:] == ["--method", "dpo"]
+
+
+def test_the_demo_help_shows_the_presets_values():
+    """scripts/demo.py's --help gives each knob's preset value in brackets; they must not drift
+    from configs/sweeps/demo.toml, which is where they live."""
+    import ast
+    import re
+
+    from crossdefense.demo import preset
+    from crossdefense.sweep.config import flag_values
+
+    tree = ast.parse((REPO_ROOT / "scripts" / "demo.py").read_text(encoding="utf-8"))
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    args = ast.get_docstring(main).split("Args:")[1]
+    entries = re.findall(r"^    (\w+): (.*?)(?=^    \w+: |\Z)", args, re.M | re.S)
+    shown = {}
+    for name, text in entries:
+        found = re.search(r"\[([^\]]+)\]\.", " ".join(text.split()))
+        if found:
+            shown[name] = found[1]
+    demo = preset()
+    train, gen = flag_values(demo.train_args), flag_values(demo.gen_args)
+    expected = {
+        "numbers": " ".join(map(str, demo.numbers)),
+        "task": demo.tasks[0],
+        "eval_limit": str(demo.eval_limit),
+        "max_steps": train["max_steps"],
+        "learning_rate": train["learning_rate"],
+        "max_new_tokens": gen["max_new_tokens"],
+        "judge": ",".join(demo.score_args[1:]),
+        "xstest": str(demo.xstest_per_type),
+        "capability_limit": flag_values(demo.capability_args)["limit"],
+    }
+    assert {k: shown.get(k) for k in expected} == expected

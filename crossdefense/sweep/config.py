@@ -588,7 +588,10 @@ class SweepConfig:
     def eval_part(self) -> Part:
         """EVAL_OFFSET / EVAL_LIMIT / XSTEST_PER_TYPE; XSTest is drawn with the data seed."""
         seed = build_seed(self.build_args)
-        return Part(self.eval_offset, self.eval_limit, self.xstest_per_type, seed or 0)
+        # XSTest's sample (and its seed) only names the part when XSTest is evaluated
+        xstest = any(f.suffix == ".csv" for f in self.eval_sources())
+        per_type = self.xstest_per_type if xstest else 0
+        return Part(self.eval_offset, self.eval_limit, per_type, (seed or 0) if per_type else 0)
 
     def eval_parts_dir(self) -> Path:
         return self.data_dir / "eval" / self.eval_part().folder_name()
