@@ -228,29 +228,30 @@ def dpo_pairs(sweep: Any) -> None:
     (`--format prompts`), answered by the untrained model, are the rejected side
     (`--format dpo`). Also for DPO from an SFT adapter: that adapter already refuses the
     harmful prompts, so its own answers would leave almost only anti-refusal pairs (measured:
-    README, Defense methods). Each file is made only when it is missing."""
+    README, Defense methods)."""
     from crossdefense.runs import base_run_name, mixture_name, output_paths
     from crossdefense.sweep.config import GENERATE_SCRIPT, python, script
     from crossdefense.sweep.decide import build_command
 
     [model] = sweep.models
+    run = base_run_name(model.name)
+    onpolicy = sweep.data_dir / "onpolicy"
     for task in sweep.tasks:
-        folder = sweep.data_dir / task
         ns = [n for n in sweep.numbers if n > 0]
-        pairs = [folder / mixture_name(sweep.num_safety, n, task, "dpo") for n in ns]
-        if all(p.is_file() for p in pairs):
-            continue
-        prompts = folder / mixture_name(sweep.num_safety, max(ns), task, "prompts")
-        if not prompts.is_file():
-            log.info("step: refusal prompts of %s", task)
-            run_checked(build_command(sweep, task, ns, "--format", "prompts"), "the prompts")
-        onpolicy = sweep.data_dir / "onpolicy"
-        run = base_run_name(model.name)
+        # rebuilt every time, like the sweep's own mixtures when their recipe changes: the
+        # builder is seeded (same recipe, same bytes, so the dpo cells stay done) and the
+        # answers are regenerated only when the prompts changed (--skip_existing)
+        prompts = sweep.data_dir / task / mixture_name(sweep.num_safety, max(ns), task, "prompts")
+        log.info("step: refusal prompts of %s", task)
+        prompt_build = build_command(sweep, task, ns, "--format", "prompts", "--overwrite")
+        run_checked(prompt_build, "the prompts")
         log.info("step: the untrained model answers %s", prompts.name)
         generate = [python(), script(GENERATE_SCRIPT), "--input_path", str(prompts)]
         generate += ["--output_path", str(onpolicy), "--base_model", model.path]
         generate += ["--prompt_template_path", model.template, "--run_name", run]
-        run_checked([*generate, *sweep.gen_args, "--skip_existing"], "on-policy generation")
+        # outputs made another way are redone, those made the same way kept
+        keep = ["--skip_existing", "--overwrite"]
+        run_checked([*generate, *sweep.gen_args, *keep], "on-policy generation")
         answers = output_paths(onpolicy, run, prompts).final
         log.info("step: preference pairs for N=%s", ",".join(map(str, ns)))
         extra = ("--format", "dpo", "--rejected_path", str(answers), "--overwrite")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdefense import UserError
-from crossdefense.io import read_json, sha256_file, write_json
+from crossdefense.io import atomic_open, read_json, sha256_file
 from crossdefense.runs import eval_part_name
 
 
@@ -81,17 +81,15 @@ def xstest_sample(path: Path, per_type: int, seed: int) -> dict[str, Any]:
     return eval_document(subset(read_prompts(path), per_type, seed=seed), str(path))
 
 
-INDENT = 1
-
-
 def encoded(doc: dict[str, Any]) -> bytes:
-    """The bytes `write_json(path, doc, indent=INDENT)` writes."""
-    return (json.dumps(doc, ensure_ascii=False, indent=INDENT) + "\n").encode("utf-8")
+    """A part as written: JSON like `write_json(path, doc, indent=1)`."""
+    return (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
 
-def write_part(doc: dict[str, Any], dst: Path) -> bool:
-    """Write a part unless the same bytes are there already; True if it wrote."""
-    if dst.is_file() and sha256_file(dst) == hashlib.sha256(encoded(doc)).hexdigest():
+def write_part(data: bytes, dst: Path) -> bool:
+    """Write a part's bytes unless the same bytes are there already; True if it wrote."""
+    if dst.is_file() and sha256_file(dst) == hashlib.sha256(data).hexdigest():
         return False
-    write_json(dst, doc, indent=INDENT)
+    with atomic_open(dst, "wb") as f:
+        f.write(data)
     return True

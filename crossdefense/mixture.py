@@ -462,13 +462,6 @@ def build_defense_data(
     if num_benign_documents is not None:
         _count(num_benign_documents, "num_benign_documents")
     pools = load_pools(alpaca_path, safety_path, documents_path, refusals_path, max(ns), tasks)
-    benign = None
-    if benign_documents_path is not None:
-        benign = load_benign_documents(benign_documents_path, num_benign_documents, task)
-        rows = benign.records + pools.alpaca.records[:alpaca_size]
-        pools.alpaca = Source(rows, pools.alpaca.meta)
-        pools.sources["benign_documents"] = benign.meta
-        alpaca_size = len(rows)
     if num_safety > len(pools.safety.records):
         raise UserError(
             f"{safety_path}: --num_safety={num_safety} but the pool has {len(pools.safety.records)}"
@@ -481,10 +474,27 @@ def build_defense_data(
             n_alpaca,
             alpaca_size,
         )
-    sample = draw_sample(pools, tasks, n_alpaca, num_safety, max(ns), seed, refusals_path)
+    n_benign = 0
+    if benign_documents_path is not None:
+        # the benign documents' rows and the first n_alpaca Alpaca rows are the whole pool,
+        # and all of it is drawn
+        benign = load_benign_documents(benign_documents_path, num_benign_documents, task)
+        rows = benign.records + pools.alpaca.records[:n_alpaca]
+        pools.alpaca = Source(rows, pools.alpaca.meta)
+        pools.sources["benign_documents"] = benign.meta
+        n_benign = len(benign.records)
+    sample = draw_sample(
+        pools, tasks, n_benign + n_alpaca, num_safety, max(ns), seed, refusals_path
+    )
     leaks, leakage = check_leakage(pools, sample.plan, eval_dir, allow_leakage)
-    inputs = [alpaca_path, safety_path, documents_path, refusals_path, rejected_path]
-    inputs.append(benign_documents_path)
+    inputs = [
+        alpaca_path,
+        safety_path,
+        documents_path,
+        refusals_path,
+        rejected_path,
+        benign_documents_path,
+    ]
     targets = output_targets(out_dir, task, ns, num_safety, format, inputs, overwrite)
     with output_lock(out_dir, "mixture build"):  # one builder per folder: data and manifest
         # match, never one run's file beside another's manifest
@@ -518,8 +528,8 @@ def build_defense_data(
                 "alpaca_size": {"requested": alpaca_size, "used": n_alpaca},
                 "seed": seed,
                 "counts": {
-                    "alpaca": n_alpaca - (benign.meta["rows"] if benign else 0),
-                    **({"benign_documents": benign.meta["rows"]} if benign else {}),
+                    "alpaca": n_alpaca,
+                    **({"benign_documents": n_benign} if benign_documents_path else {}),
                     "safety": num_safety,
                     "defense": dict(Counter(p["task"] for p, _ in chosen)),
                 },

@@ -60,8 +60,16 @@ def cells(cfg: SweepConfig) -> list[Cell]:
                 for seed in cfg.seeds:
                     for method in cfg.methods:
                         from_sft = method == "dpo" and cfg.dpo_init == "sft"
-                        cell = Cell(len(out), model, task, n, cfg.num_safety, seed)
-                        cell = replace(cell, method=method, from_sft=from_sft)
+                        cell = Cell(
+                            len(out),
+                            model,
+                            task,
+                            n,
+                            cfg.num_safety,
+                            seed,
+                            method=method,
+                            from_sft=from_sft,
+                        )
                         if cell.run_name not in seen:
                             seen.add(cell.run_name)
                             out.append(cell)

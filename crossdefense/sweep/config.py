@@ -360,15 +360,15 @@ def parse_choice(value: str, key: str, choices: Sequence[str]) -> str:
     return value
 
 
-def parse_switch(env: Mapping[str, str], key: str) -> bool:
-    value = (env.get(key) or DEFAULTS[key]).strip().lower()
+def parse_switch(text: str, key: str) -> bool:
+    value = text.strip().lower()
     if value not in (*_YES, *_NO):
         raise UserError(f"{key}: {value!r} is not yes or no")
     return value in _YES
 
 
-def parse_count(env: Mapping[str, str], key: str) -> int:
-    value = (env.get(key) or "").strip() or DEFAULTS[key]
+def parse_count(text: str, key: str) -> int:
+    value = text.strip()
     if not value.isdigit():
         raise UserError(f"{key}: {value!r} is not a non-negative integer")
     return int(value)
@@ -450,7 +450,7 @@ class SweepConfig:
     gpus: list[str] = field(default_factory=list)  # workers; empty: the visible GPUs, else cpu
     source: Path | None = None  # the sweep file, if any
     _eval_files: list[Path] | None = field(default=None, repr=False)
-    _eval_digests: dict[str, str] | None = field(default=None, repr=False)
+    _eval_reads_cache: list[tuple[Path, bytes | None, str]] | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -560,11 +560,11 @@ class SweepConfig:
                 REPO_ROOT / TRAIN_SCRIPT,
             ),
             dpo_init=parse_choice(get("DPO_INIT"), "DPO_INIT", ("base", "sft")),
-            base_runs=parse_switch(env, "BASE_RUNS"),
-            eval_offset=parse_count(env, "EVAL_OFFSET"),
-            eval_limit=parse_count(env, "EVAL_LIMIT"),
-            xstest_per_type=parse_count(env, "XSTEST_PER_TYPE"),
-            capabilities=parse_switch(env, "CAPABILITIES"),
+            base_runs=parse_switch(get("BASE_RUNS"), "BASE_RUNS"),
+            eval_offset=parse_count(get("EVAL_OFFSET"), "EVAL_OFFSET"),
+            eval_limit=parse_count(get("EVAL_LIMIT"), "EVAL_LIMIT"),
+            xstest_per_type=parse_count(get("XSTEST_PER_TYPE"), "XSTEST_PER_TYPE"),
+            capabilities=parse_switch(get("CAPABILITIES"), "CAPABILITIES"),
             capability_args=parse_args(
                 get("CAPABILITY_ARGS"),
                 "CAPABILITY_ARGS",
@@ -593,42 +593,39 @@ class SweepConfig:
         per_type = self.xstest_per_type if xstest else 0
         return Part(self.eval_offset, self.eval_limit, per_type, (seed or 0) if per_type else 0)
 
-    def eval_parts_dir(self) -> Path:
-        return self.data_dir / "eval" / self.eval_part().folder_name()
+    def _eval_reads(self) -> list[tuple[Path, bytes | None, str]]:
+        """(the file generation reads, its bytes when it is a part, their sha256) per eval
+        source, worked out once: a part's bytes come from its source, so they are known (and
+        fingerprinted) before the part is written."""
+        if self._eval_reads_cache is None:
+            part = self.eval_part()
+            folder = self.data_dir / "eval" / part.folder_name()
+            reads: list[tuple[Path, bytes | None, str]] = []
+            for f in self.eval_sources():
+                if part.applies_to(f):
+                    data = encoded(part.content(f))
+                    reads.append((part.target(f, folder), data, hashlib.sha256(data).hexdigest()))
+                else:
+                    reads.append((f, None, sha256_file(f)))
+            self._eval_reads_cache = reads
+        return self._eval_reads_cache
 
     def eval_files(self) -> list[Path]:
         """The files generation reads: the sources, or where EVAL_OFFSET / EVAL_LIMIT /
         XSTEST_PER_TYPE apply, their parts in DATA_DIR/eval/<part>/ (`write_eval_parts`)."""
-        part = self.eval_part()
-        return [
-            part.target(f, self.eval_parts_dir()) if part.applies_to(f) else f
-            for f in self.eval_sources()
-        ]
+        return [read for read, _, _ in self._eval_reads()]
 
     def eval_digests(self) -> dict[str, str]:
         """eval stem -> sha256 of the file generation reads (a part: of the bytes it will be)."""
-        if self._eval_digests is None:
-            part = self.eval_part()
-            self._eval_digests = {
-                f.stem: (
-                    hashlib.sha256(encoded(part.content(f))).hexdigest()
-                    if part.applies_to(f)
-                    else sha256_file(f)
-                )
-                for f in self.eval_sources()
-            }
-        return self._eval_digests
+        return {read.stem: digest for read, _, digest in self._eval_reads()}
 
     def write_eval_parts(self) -> list[Path]:
         """Write the parts generation will read (unchanged ones are left alone)."""
-        part = self.eval_part()
-        written = []
-        for f in self.eval_sources():
-            if part.applies_to(f) and write_part(
-                part.content(f), part.target(f, self.eval_parts_dir())
-            ):
-                written.append(part.target(f, self.eval_parts_dir()))
-        return written
+        return [
+            read
+            for read, data, _ in self._eval_reads()
+            if data is not None and write_part(data, read)
+        ]
 
     def eval_sources(self) -> list[Path]:
         """EVAL_SETS entries: a stem (EVAL_DIR/<stem>.json), a glob in EVAL_DIR, a path, or

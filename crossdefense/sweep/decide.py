@@ -261,8 +261,10 @@ def decide_generate(cfg: SweepConfig, cell: Cell, gpu: str | None = None) -> Dec
     ckpt, run_dir = paths.checkpoint, paths.generations
 
     # an adapter carries its template; the model alone is told which one to use
-    model = ["--lora_weights", str(ckpt)] if cell.trained else []
-    model = model or ["--prompt_template_path", cell.model.template]
+    if cell.trained:
+        model = ["--lora_weights", str(ckpt)]
+    else:
+        model = ["--prompt_template_path", cell.model.template]
 
     def command(files: Sequence[Path]) -> list[str]:
         return [
@@ -315,6 +317,7 @@ def decide_capabilities(cfg: SweepConfig, cell: Cell, gpu: str | None = None) ->
         return Decision("capabilities", "skip", "CAPABILITIES=no")
     paths = cell_paths(cfg, cell)
     result = paths.capability_file
+    given = flag_values(cfg.capability_args)
     command = [
         python(),
         script(CAPABILITIES_SCRIPT),
@@ -325,11 +328,7 @@ def decide_capabilities(cfg: SweepConfig, cell: Cell, gpu: str | None = None) ->
         str(paths.capabilities),
         "--run_name",
         cell.run_name,
-        *(
-            ["--device", "cpu"]
-            if gpu == "cpu" and not _has_flag(cfg.capability_args, "device")
-            else []
-        ),
+        *(["--device", "cpu"] if gpu == "cpu" and "device" not in given else []),
         *cfg.capability_args,
     ]
     missing = _untrained_adapter(cfg, cell)
@@ -347,10 +346,6 @@ def decide_capabilities(cfg: SweepConfig, cell: Cell, gpu: str | None = None) ->
         reason = "not measured yet"
     stale = [p for p in (result, paths.capabilities / DONE) if p.exists()]
     return Decision("capabilities", "run", reason, config, command, stale)
-
-
-def _has_flag(args: Sequence[str], flag: str) -> bool:
-    return any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in args)
 
 
 _DECIDERS = {

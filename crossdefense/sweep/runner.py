@@ -413,7 +413,7 @@ def run_sweep(cfg: SweepConfig, steps: Sequence[str], gpus: Sequence[str] = ()) 
     with handle_signals():
         if "build" in steps:
             ok &= run_step(cfg, "build")
-        if "generate" in steps and not cfg.eval_part().whole:
+        if "generate" in steps:
             for path in cfg.write_eval_parts():
                 say(f"[{_now()}] wrote {_rel(path)}")
         if cfg.cell_stages(steps) and not CHILDREN.stopped:
