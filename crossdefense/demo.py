@@ -139,7 +139,7 @@ def sweep_variables(cfg: DemoConfig) -> dict[str, str]:
     def args(key: str, **flags: Any) -> None:
         given = [x for k, v in flags.items() if v is not None for x in (f"--{k}", str(v))]
         if given:
-            env[key] = shlex.join(merge_flags(shlex.split(env.get(key, file[key])), given))
+            env[key] = shlex.join(merge_flags(shlex.split(file[key]), given))
 
     if cfg.task is not None:
         env["TASKS"] = cfg.task
@@ -187,16 +187,16 @@ def sweep_variables(cfg: DemoConfig) -> dict[str, str]:
     if "dpo" in cfg.methods:
         env["METHODS"] = " ".join(cfg.methods)
         env["DPO_INIT"] = cfg.dpo_init
-        steps = cfg.dpo_steps or None
         dpo = dict(
             learning_rate=cfg.dpo_learning_rate,
             micro_batch_size=cfg.dpo_micro_batch_size,
             batch_size=cfg.dpo_micro_batch_size,
             beta=cfg.beta,
             sft_weight=cfg.sft_weight,
-            max_steps=steps,
+            max_steps=cfg.dpo_steps or None,  # 0: TRAIN_ARGS' --max_steps
         )
-        env["DPO_ARGS"] = shlex.join(x for k, v in dpo.items() if v for x in (f"--{k}", str(v)))
+        given = [x for k, v in dpo.items() if v is not None for x in (f"--{k}", str(v))]
+        env["DPO_ARGS"] = shlex.join(given)
     return env
 
 

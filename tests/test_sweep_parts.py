@@ -273,6 +273,7 @@ def test_benign_documents_join_the_mixture_and_a_changed_count_rebuilds_it(tmp_p
 
 def test_the_demo_is_the_preset_with_its_flags_on_top(tmp_path):
     from crossdefense.demo import XSTEST_DEFAULT, DemoConfig, preset, sweep_variables
+    from crossdefense.sweep.config import flag_values
 
     plain = preset(sweep_variables(DemoConfig()))
     demo = preset()
@@ -292,6 +293,7 @@ def test_the_demo_is_the_preset_with_its_flags_on_top(tmp_path):
         output_dir=str(tmp_path / "o"),
         methods=("sft", "dpo"),
         dpo_init="sft",
+        sft_weight=0.0,  # pure DPO: passed on, not dropped as "unset"
     )
     swept = preset(sweep_variables(cfg))
     assert swept.train_args.count("--max_steps") == 1 and "5" in swept.train_args
@@ -306,6 +308,8 @@ def test_the_demo_is_the_preset_with_its_flags_on_top(tmp_path):
     assert swept.report_dir == tmp_path / "o" and swept.data_dir == tmp_path / "o" / "data"
     names = [c.run_name for c in sw.cells(swept)]
     assert "Instructions_16_40_summarize_smollm2_dpo_from_sft_seed2" in names
+    assert flag_values(swept.dpo_args)["sft_weight"] == "0.0"
+    assert "max_steps" not in flag_values(swept.dpo_args)  # --dpo_steps 0: TRAIN_ARGS' steps
     dpo = next(c for c in sw.cells(swept) if c.method == "dpo")
     assert sw.decide.cell_train_args(swept, dpo)[-2:] == ["--method", "dpo"]
 
